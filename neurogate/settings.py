@@ -1,0 +1,147 @@
+"""Node settings, read from the environment (prefix ``NEUROGATE_``) and an optional ``.env`` file.
+
+Nested groups use ``__`` as the delimiter: ``NEUROGATE_LISTENER__AE_TITLE=NEUROGATE``. Build the
+object once per process through :func:`get_settings` (or construct :class:`Settings` explicitly in
+tests); nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
+
+
+def _split_csv(value: object) -> object:
+    """Accept ``"A,B"`` as well as a list for list-valued settings."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def validate_ae_title(value: str) -> str:
+    """Return ``value`` stripped, or raise ``ValueError`` if it is not a valid AE title."""
+    stripped = value.strip()
+    if not _AE_TITLE.match(stripped):
+        raise ValueError(f"invalid AE title {value!r}: 1-16 printable characters, no backslash")
+    return stripped
+
+
+class ListenerSettings(BaseModel):
+    """The C-STORE SCP: identity, access control, limits, study completion."""
+
+    ae_title: str = "NEUROGATE"
+    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for scanners on the network
+    port: int = Field(11112, ge=1, le=65535)
+    require_called_ae_title: bool = True
+    # Empty: any calling AE may associate. Otherwise only these (A-ASSOCIATE-RJ reason 3).
+    allowed_calling_ae_titles: Annotated[list[str], NoDecode] = []
+    max_associations: int = Field(10, ge=1)
+    # Refuse C-STORE with 0xA700 when less than this is free on the storage volume.
+    min_free_disk_mb: int = Field(1024, ge=0)
+    # A study is complete this long after its last instance (Orthanc and mercure use 60 s).
+    study_quiet_seconds: float = Field(30.0, gt=0)
+    completion_check_seconds: float = Field(1.0, gt=0)
+    # Receive datasets straight to disk (memory stays flat for large instances).
+    chunked_receive: bool = True
+    fsync: bool = True
+    max_pdu_size: int = Field(0, ge=0)  # 0: no limit on what peers may send in one PDU
+    acse_timeout_seconds: float = 30.0
+    dimse_timeout_seconds: float = 60.0
+    network_timeout_seconds: float = 60.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None  # set to require and verify client certificates
+
+    _split = field_validator("allowed_calling_ae_titles", mode="before")(_split_csv)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("allowed_calling_ae_titles")
+    @classmethod
+    def _check_allowed(cls, value: list[str]) -> list[str]:
+        return [validate_ae_title(v) for v in value]
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> ListenerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("listener TLS needs both tls_cert_file and tls_key_file")
+        if self.tls_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_ca_file is only used together with tls_cert_file/tls_key_file")
+        return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
+
+
+class BusSettings(BaseModel):
+    """The event bus: the embedded single-machine log, or Kafka."""
+
+    backend: Literal["embedded", "kafka"] = "embedded"
+    # Embedded backend: a SQLite log shared by the processes of one machine.
+    embedded_path: Path | None = None
+    kafka_bootstrap_servers: Annotated[list[str], NoDecode] = ["localhost:9092"]
+    kafka_client_id: str = "neurogate"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_request_timeout_ms: int = Field(30_000, ge=1000)
+    kafka_max_poll_interval_ms: int = Field(900_000, ge=1000)  # one study may take minutes
+    topic_partitions: int = Field(6, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    # Attempts at handling one message before it goes to the dead-letter topic.
+    max_delivery_attempts: int = Field(3, ge=1)
+
+    _split = field_validator("kafka_bootstrap_servers", mode="before")(_split_csv)
+
+
+class Settings(BaseSettings):
+    """Everything a NeuroGate process reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NEUROGATE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    profile: Literal["local", "production"] = "local"
+    data_dir: Path = Path("var")
+    # Where received instances live; shared with the workers (a volume in production).
+    storage_dir: Path | None = None
+    database_url: str | None = None
+    db_auto_migrate: bool = True
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    listener: ListenerSettings = ListenerSettings()
+    bus: BusSettings = BusSettings()
+
+    @property
+    def storage_root(self) -> Path:
+        return (self.storage_dir or self.data_dir / "dicom").resolve()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'neurogate.sqlite').resolve()}"
+
+    @property
+    def embedded_bus_path(self) -> Path:
+        return (self.bus.embedded_path or self.data_dir / "bus.sqlite").resolve()
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, built on first use."""
+    return Settings()

@@ -1,0 +1,147 @@
+"""The node's store of received DICOM instances, on a filesystem shared with the workers.
+
+Layout under the storage root::
+
+    studies/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    conflicts/<SOPInstanceUID>.<utc-timestamp>.dcm   same UID, different bytes: kept, never dropped
+    tmp/                                              files being received (same filesystem)
+
+A file is published into ``studies/`` by hard-linking a complete, fsync'ed temporary file, so a
+reader never sees a partial instance and an existing instance is never overwritten. UIDs are
+validated (digits and dots only) before they become path components.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import filecmp
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from schemas.uids import validate_uid
+
+log = logging.getLogger(__name__)
+
+STUDIES = "studies"
+CONFLICTS = "conflicts"
+TMP = "tmp"
+DICOM_SUFFIX = ".dcm"
+
+
+class StoreOutcome(enum.Enum):
+    STORED = "stored"  # a new instance
+    DUPLICATE = "duplicate"  # the same SOP Instance UID with identical bytes was already stored
+    CONFLICT = "conflict"  # the same SOP Instance UID with different bytes: kept in conflicts/
+
+
+class InstanceStore:
+    """Durable, no-clobber placement of received instances.
+
+    Parameters
+    ----------
+    root
+        The storage root; created if missing.
+    fsync
+        Flush files and directories to stable storage before a call returns. Only tests and
+        benchmarks that measure the cost of durability turn this off.
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        for sub in (STUDIES, CONFLICTS, TMP):
+            self._ensure_dir(self.root / sub)
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / TMP
+
+    def relative(self, path: Path) -> str:
+        """``path`` relative to the storage root, as carried in events."""
+        return path.relative_to(self.root).as_posix()
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / STUDIES / validate_uid(study_uid)
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        return self.study_dir(study_uid) / validate_uid(series_uid)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.series_dir(study_uid, series_uid) / f"{validate_uid(sop_uid)}{DICOM_SUFFIX}"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def clean_tmp(self) -> int:
+        """Remove files left in ``tmp/`` by a crash; none of them was acknowledged."""
+        removed = 0
+        for entry in self.tmp_dir.iterdir():
+            if entry.is_file():
+                entry.unlink()
+                removed += 1
+        return removed
+
+    def commit(self, src: Path, study_uid: str, series_uid: str, sop_uid: str) -> StoreOutcome:
+        """Publish the complete file ``src`` (in ``tmp/``) as an instance; ``src`` is consumed.
+
+        Returns once the instance is durable: file contents, then its directory entry.
+        """
+        final = self.instance_path(study_uid, series_uid, sop_uid)
+        try:
+            if self.fsync:
+                _fsync_file(src)
+            self._ensure_dir(final.parent)
+            try:
+                os.link(src, final)
+            except FileExistsError:
+                return self._resolve_existing(src, final, sop_uid)
+            if self.fsync:
+                _fsync_dir(final.parent)
+            return StoreOutcome.STORED
+        finally:
+            src.unlink(missing_ok=True)
+
+    def _resolve_existing(self, src: Path, final: Path, sop_uid: str) -> StoreOutcome:
+        if filecmp.cmp(src, final, shallow=False):
+            return StoreOutcome.DUPLICATE
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
+        kept = self.root / CONFLICTS / f"{sop_uid}.{stamp}{DICOM_SUFFIX}"
+        os.link(src, kept)
+        if self.fsync:
+            _fsync_dir(kept.parent)
+        log.warning(
+            "instance differs from the stored one with the same SOP Instance UID; kept aside",
+            extra={"sop_instance_uid": sop_uid, "kept_as": self.relative(kept)},
+        )
+        return StoreOutcome.CONFLICT
+
+    def _ensure_dir(self, path: Path) -> None:
+        """Create ``path`` and its missing parents, making each new entry durable."""
+        if path.is_dir():
+            return
+        self._ensure_dir(path.parent)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            return
+        if self.fsync:
+            _fsync_dir(path.parent)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

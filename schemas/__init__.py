@@ -1,0 +1,27 @@
+"""Typed, versioned contracts shared by every NeuroGate service.
+
+Importing this package is cheap: it depends on pydantic only.
+"""
+
+from schemas.events import (
+    SCHEMA_VERSION,
+    CompletionTrigger,
+    Event,
+    SeriesSummary,
+    StudyReceived,
+    parse_event,
+)
+from schemas.topics import Topic, dead_letter_topic
+from schemas.uids import DicomUID
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CompletionTrigger",
+    "DicomUID",
+    "Event",
+    "SeriesSummary",
+    "StudyReceived",
+    "Topic",
+    "dead_letter_topic",
+    "parse_event",
+]

@@ -1,0 +1,17 @@
+"""Event-bus topic names. Every topic is keyed by StudyInstanceUID."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Topic(StrEnum):
+    STUDY_RECEIVED = "neurogate.study.received"
+
+
+DLQ_SUFFIX = ".dlq"
+
+
+def dead_letter_topic(topic: str) -> str:
+    """The dead-letter topic that poison messages of ``topic`` are moved to."""
+    return f"{topic}{DLQ_SUFFIX}"
