@@ -38,7 +38,7 @@ class ListenerSettings(BaseModel):
 
     ae_title: str = "NEUROGATE"
     host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for scanners on the network
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     require_called_ae_title: bool = True
     # Empty: any calling AE may associate. Otherwise only these (A-ASSOCIATE-RJ reason 3).
     allowed_calling_ae_titles: Annotated[list[str], NoDecode] = []

@@ -104,6 +104,10 @@ class InstanceStore:
         finally:
             src.unlink(missing_ok=True)
 
+    def discard(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
+        """Remove an instance whose receipt is being refused after :meth:`commit`."""
+        self.instance_path(study_uid, series_uid, sop_uid).unlink(missing_ok=True)
+
     def _resolve_existing(self, src: Path, final: Path, sop_uid: str) -> StoreOutcome:
         if filecmp.cmp(src, final, shallow=False):
             return StoreOutcome.DUPLICATE

@@ -1,0 +1,170 @@
+"""The Application Entity: what the listener accepts, and its C-STORE and C-ECHO handlers."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import ssl
+import uuid
+from pathlib import Path
+
+from pydicom.uid import AllTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.events import Event
+from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicom_listener.assembly import StudyTracker
+from dicom_listener.instances import InvalidInstance, read_header
+from dicom_listener.status import Status
+from neurogate.settings import ListenerSettings
+from neurogate.storage import InstanceStore, StoreOutcome
+
+log = logging.getLogger(__name__)
+
+# Every transfer syntax pydicom knows: instances are stored as received, never decoded, so
+# compressed syntaxes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE, deflate) cost nothing to accept.
+ACCEPTED_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+_MB = 1 << 20
+
+
+def build_ae(settings: ListenerSettings) -> AE:
+    """An AE accepting storage of every storage SOP class, verification and MPPS."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
+    ae.network_timeout = settings.network_timeout_seconds
+    # A-ASSOCIATE-RJ reason 7 (called AE title not recognised) / 3 (calling AE not recognised)
+    ae.require_called_aet = settings.require_called_ae_title
+    ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+    ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:4])
+    ae.add_supported_context(ModalityPerformedProcedureStep, ACCEPTED_TRANSFER_SYNTAXES[:4])
+    return ae
+
+
+def build_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
+    """Server-side TLS (PS3.15 B.1 secure transport), with client certificates if a CA is set."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_ca_file is not None:
+        context.load_verify_locations(settings.tls_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _association_ids(event: Event) -> dict[str, object]:
+    requestor = event.assoc.requestor
+    return {
+        "calling_ae": requestor.ae_title,
+        "peer": f"{requestor.address}:{requestor.port}",
+        "assoc": event.assoc.native_id,
+    }
+
+
+class StorageSCP:
+    """C-STORE and C-ECHO handlers; dependencies are bound once at start-up.
+
+    A C-STORE is answered with success only after the instance is durable on disk and its study
+    is marked as receiving in the database; any failure before that is refused with a status
+    that tells the sender to keep the instance and try again.
+    """
+
+    def __init__(self, store: InstanceStore, tracker: StudyTracker, *, min_free_mb: int) -> None:
+        self._store = store
+        self._tracker = tracker
+        self._min_free_bytes = min_free_mb * _MB
+
+    def handlers(self) -> list[tuple[evt.EventType, object]]:
+        return [
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_ABORTED, self.on_aborted),
+        ]
+
+    def on_echo(self, event: Event) -> int:
+        log.info("C-ECHO", extra=_association_ids(event))
+        return Status.SUCCESS
+
+    def on_accepted(self, event: Event) -> None:
+        log.info("association accepted", extra=_association_ids(event))
+
+    def on_rejected(self, event: Event) -> None:
+        log.warning("association rejected", extra=_association_ids(event))
+
+    def on_aborted(self, event: Event) -> None:
+        log.warning("association aborted", extra=_association_ids(event))
+
+    def on_store(self, event: Event) -> int:
+        request = event.request
+        sop_class = str(request.AffectedSOPClassUID)
+        sop_uid = str(request.AffectedSOPInstanceUID)
+        ids = {**_association_ids(event), "sop_instance_uid": sop_uid}
+        if self._store.free_bytes() < self._min_free_bytes:
+            log.error("refusing instance: storage volume is nearly full", extra=ids)
+            return Status.OUT_OF_RESOURCES
+        try:
+            tmp = self._take_dataset(event)
+        except OSError as exc:
+            log.error("could not write received instance", extra={**ids, "error": str(exc)})
+            return Status.OUT_OF_RESOURCES
+        try:
+            header = read_header(tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+        except InvalidInstance as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "refusing instance",
+                extra={**ids, "status": f"0x{exc.status:04X}", "reason": exc.reason},
+            )
+            return exc.status
+        ids.update(study=header.study_instance_uid, series=header.series_instance_uid)
+        try:
+            outcome = self._store.commit(
+                tmp, header.study_instance_uid, header.series_instance_uid, sop_uid
+            )
+        except OSError as exc:
+            log.error("could not store instance", extra={**ids, "error": str(exc)})
+            return Status.OUT_OF_RESOURCES
+        try:
+            self._tracker.record(
+                header,
+                outcome,
+                calling_ae=event.assoc.requestor.ae_title,
+                called_ae=event.assoc.acceptor.ae_title,
+            )
+        except SQLAlchemyError:
+            # Without its study marked as receiving, a restart could not resume the study.
+            # Undo and refuse: the sender keeps the instance and retries.
+            log.exception("could not record the instance's study; refused", extra=ids)
+            if outcome is StoreOutcome.STORED:
+                self._store.discard(header.study_instance_uid, header.series_instance_uid, sop_uid)
+            return Status.OUT_OF_RESOURCES
+        log.debug("instance stored", extra={**ids, "outcome": outcome.value})
+        return Status.SUCCESS
+
+    def _take_dataset(self, event: Event) -> Path:
+        """The received instance as a Part 10 file of our own in the store's ``tmp/``."""
+        tmp = self._store.tmp_dir / f"{uuid.uuid4().hex}.part"
+        try:
+            received = event.dataset_path  # chunked receive: pynetdicom wrote it to disk
+        except AttributeError:
+            with tmp.open("wb") as fh:
+                fh.write(event.encoded_dataset())
+            return tmp
+        try:
+            os.link(received, tmp)  # same filesystem: no copy
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            shutil.copyfile(received, tmp)
+        return tmp

@@ -1,0 +1,139 @@
+"""The listener as a service: the SCP, the completion timer and the outbox relay, together."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+from pynetdicom import _config, evt
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_listener.assembly import StudyTracker
+from dicom_listener.mpps import ProcedureStepSCP
+from dicom_listener.scp import StorageSCP, build_ae, build_ssl_context
+from neurogate.bus import Bus, TopicSpec
+from neurogate.outbox import OutboxRelay
+from neurogate.settings import Settings
+from neurogate.storage import InstanceStore
+from schemas.topics import Topic, dead_letter_topic
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_TOPICS = (Topic.STUDY_RECEIVED,)
+
+
+class ListenerService:
+    """Receives studies and announces the completed ones.
+
+    Parameters
+    ----------
+    settings
+        Node settings; ``settings.listener`` configures the SCP.
+    sessions
+        Database session factory.
+    bus
+        Where ``StudyReceived`` events go (through the outbox).
+    """
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
+        self._settings = settings
+        self.store = InstanceStore(settings.storage_root, fsync=settings.listener.fsync)
+        self.relay = OutboxRelay(sessions, bus.publisher(), prepare=self._ensure_topics)
+        self.tracker = StudyTracker(
+            sessions,
+            self.store,
+            quiet_seconds=settings.listener.study_quiet_seconds,
+            on_completed=self.relay.wake,
+        )
+        self._bus = bus
+        self._storage = StorageSCP(
+            self.store, self.tracker, min_free_mb=settings.listener.min_free_disk_mb
+        )
+        self._mpps = ProcedureStepSCP(sessions, self.tracker)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("listener not started")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Recover interrupted studies, then start accepting associations."""
+        settings = self._settings.listener
+        removed = self.store.clean_tmp()
+        if removed:
+            log.info("removed unacknowledged partial files", extra={"count": removed})
+        if settings.chunked_receive:
+            # pynetdicom writes each dataset to a NamedTemporaryFile as it arrives; putting those
+            # files in the store's tmp/ lets the handler hard-link rather than copy them.
+            _config.STORE_RECV_CHUNKED_DATASET = True
+            tempfile.tempdir = str(self.store.tmp_dir)
+        resumed = self.tracker.recover()
+        handlers = [
+            *self._storage.handlers(),
+            (evt.EVT_N_CREATE, self._mpps.on_n_create),
+            (evt.EVT_N_SET, self._mpps.on_n_set),
+        ]
+        self._server = build_ae(settings).start_server(
+            (settings.host, settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=build_ssl_context(settings),
+        )
+        self._spawn("completion-timer", self._completion_loop)
+        self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
+        host, port = self.address
+        log.info(
+            "listener started",
+            extra={
+                "ae_title": settings.ae_title,
+                "address": f"{host}:{port}",
+                "tls": settings.tls_enabled,
+                "resumed_studies": resumed,
+                "quiet_s": settings.study_quiet_seconds,
+            },
+        )
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        """Stop accepting, let associations in progress finish (up to ``grace_s``), then stop."""
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.shutdown()
+            deadline = time.monotonic() + grace_s
+            while server.active_associations and time.monotonic() < deadline:
+                time.sleep(0.1)
+            for assoc in server.active_associations:
+                log.warning("aborting association at shutdown", extra={"assoc": assoc.native_id})
+                assoc.abort()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self.tracker.tick()
+        log.info("listener stopped")
+
+    def _ensure_topics(self) -> None:
+        bus = self._settings.bus
+        self._bus.ensure_topics(
+            TopicSpec(name, bus.topic_partitions, bus.topic_replication_factor)
+            for topic in PUBLISHED_TOPICS
+            for name in (str(topic), dead_letter_topic(topic))
+        )
+
+    def _completion_loop(self) -> None:
+        interval = self._settings.listener.completion_check_seconds
+        while not self._stop.wait(interval):
+            self.tracker.tick()
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)

@@ -1,0 +1,118 @@
+"""``neurogate``: the node's command line, and the one place that knows every service.
+
+Services are imported inside their subcommand, so ``neurogate db upgrade`` never loads pynetdicom
+and ``neurogate listener`` never loads the models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+
+from neurogate.settings import Settings, get_settings
+
+log = logging.getLogger("neurogate")
+
+
+def _wait_for_signal() -> None:
+    """Block until SIGINT or SIGTERM."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def _prepare(settings: Settings) -> None:
+    from neurogate.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from neurogate.db import create_db_engine, session_factory, upgrade_to_head
+
+    if settings.db_auto_migrate:
+        upgrade_to_head(settings.sqlalchemy_url)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    return engine, session_factory(engine)
+
+
+def cmd_listener(settings: Settings) -> int:
+    """Run the DICOM listener until SIGINT/SIGTERM."""
+    from dicom_listener.service import ListenerService
+    from neurogate.bus import open_bus
+
+    _prepare(settings)
+    engine, sessions = _database(settings)
+    bus = open_bus(settings.bus, settings.embedded_bus_path)
+    service = ListenerService(settings, sessions, bus)
+    service.start()
+    try:
+        _wait_for_signal()
+    finally:
+        service.stop()
+        bus.close()
+        engine.dispose()
+    return 0
+
+
+def cmd_db_upgrade(settings: Settings) -> int:
+    from neurogate.db import upgrade_to_head
+
+    _prepare(settings)
+    upgrade_to_head(settings.sqlalchemy_url)
+    log.info("database is at the newest schema")
+    return 0
+
+
+def cmd_studies(settings: Settings) -> int:
+    """Print the received studies, newest first (identifiers only, no patient names)."""
+    from sqlalchemy import select
+
+    from neurogate.db.models import Study
+
+    _prepare(settings)
+    engine, sessions = _database(settings)
+    with sessions() as session:
+        studies = session.scalars(select(Study).order_by(Study.last_received_at.desc())).all()
+        print(f"{'STUDY INSTANCE UID':<64}  {'STATUS':<9}  REV  SERIES  INSTANCES  LAST RECEIVED")
+        for s in studies:
+            print(
+                f"{s.study_instance_uid:<64}  {s.status:<9}  {s.revision:>3}  {len(s.series):>6}"
+                f"  {s.instance_count:>9}  {s.last_received_at:%Y-%m-%d %H:%M:%S}"
+            )
+    engine.dispose()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neurogate",
+        description="NeuroGate: brain-MRI tumour AI as a DICOM node. Settings come from "
+        "NEUROGATE_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="run the whole node in one process (all services available)")
+    sub.add_parser("listener", help="run the DICOM listener (C-STORE/C-ECHO/MPPS SCP)")
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    db_sub.add_parser("upgrade", help="apply the migrations up to the newest schema")
+    sub.add_parser("studies", help="list the received studies")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    if args.command in ("run", "listener"):
+        # The inference worker and the API join `run` as they are built (issues #3 and #5).
+        return cmd_listener(settings)
+    if args.command == "db":
+        return cmd_db_upgrade(settings)
+    if args.command == "studies":
+        return cmd_studies(settings)
+    raise AssertionError(f"unhandled command {args.command}")

@@ -1,0 +1,48 @@
+"""The instance store: durable, no-clobber, nothing lost on a UID clash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from neurogate.storage import InstanceStore, StoreOutcome
+
+
+def _tmp(store: InstanceStore, data: bytes) -> Path:
+    path = store.tmp_dir / f"{len(list(store.tmp_dir.iterdir()))}.part"
+    path.write_bytes(data)
+    return path
+
+
+def test_commit_publishes_and_consumes_the_temporary_file(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    src = _tmp(store, b"instance")
+    assert store.commit(src, "1.2", "1.2.3", "1.2.3.4") is StoreOutcome.STORED
+    assert store.instance_path("1.2", "1.2.3", "1.2.3.4").read_bytes() == b"instance"
+    assert not src.exists()
+
+
+def test_identical_resend_is_a_duplicate_and_different_bytes_are_kept_aside(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    store.commit(_tmp(store, b"first"), "1.2", "1.2.3", "1.2.3.4")
+    assert store.commit(_tmp(store, b"first"), "1.2", "1.2.3", "1.2.3.4") is StoreOutcome.DUPLICATE
+    assert store.commit(_tmp(store, b"other"), "1.2", "1.2.3", "1.2.3.4") is StoreOutcome.CONFLICT
+
+    assert store.instance_path("1.2", "1.2.3", "1.2.3.4").read_bytes() == b"first"
+    (kept,) = (tmp_path / "conflicts").iterdir()
+    assert kept.read_bytes() == b"other"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_uids_cannot_escape_the_store(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    with pytest.raises(ValueError):
+        store.study_dir("../../etc")
+
+
+def test_clean_tmp_removes_unacknowledged_leftovers(tmp_path: Path) -> None:
+    store = InstanceStore(tmp_path)
+    _tmp(store, b"half")
+    assert store.clean_tmp() == 1
+    assert list(store.tmp_dir.iterdir()) == []
