@@ -37,7 +37,7 @@ class ListenerSettings(BaseModel):
     """The C-STORE SCP: identity, access control, limits, study completion."""
 
     ae_title: str = "NEUROGATE"
-    host: str = "0.0.0.0"  # noqa: S104 - a DICOM node listens for scanners on the network
+    host: str = "0.0.0.0"  # a DICOM node listens for scanners on the network
     port: int = Field(11112, ge=0, le=65535)  # 0: any free port (tests)
     require_called_ae_title: bool = True
     # Empty: any calling AE may associate. Otherwise only these (A-ASSOCIATE-RJ reason 3).
