@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import cast
 
 from pydicom.dataset import Dataset
+from pynetdicom.dimse_primitives import N_CREATE, N_SET
 from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,7 +57,7 @@ class ProcedureStepSCP:
         self._tracker = tracker
 
     def on_n_create(self, event: Event) -> Reply:
-        uid = event.request.AffectedSOPInstanceUID
+        uid = cast(N_CREATE, event.request).AffectedSOPInstanceUID
         calling = event.assoc.requestor.ae_title
         ids = {"mpps": uid, "calling_ae": calling}
         if not uid:
@@ -94,7 +96,7 @@ class ProcedureStepSCP:
         return Status.SUCCESS, ds
 
     def on_n_set(self, event: Event) -> Reply:
-        uid = str(event.request.RequestedSOPInstanceUID)
+        uid = str(cast(N_SET, event.request).RequestedSOPInstanceUID)
         ids = {"mpps": uid, "calling_ae": event.assoc.requestor.ae_title}
         try:
             mods = event.modification_list

@@ -9,11 +9,12 @@ import shutil
 import ssl
 import uuid
 from pathlib import Path
+from typing import cast
 
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.events import Event
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, Verification
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_listener.assembly import StudyTracker
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # Every transfer syntax pydicom knows: instances are stored as received, never decoded, so
 # compressed syntaxes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE, deflate) cost nothing to accept.
 ACCEPTED_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+VERIFICATION = "1.2.840.10008.1.1"
+MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
+Handler = EventHandlerType
 _MB = 1 << 20
 
 
@@ -42,9 +46,9 @@ def build_ae(settings: ListenerSettings) -> AE:
     ae.require_called_aet = settings.require_called_ae_title
     ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
     for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-    ae.add_supported_context(Verification, ACCEPTED_TRANSFER_SYNTAXES[:4])
-    ae.add_supported_context(ModalityPerformedProcedureStep, ACCEPTED_TRANSFER_SYNTAXES[:4])
+        ae.add_supported_context(str(context.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
+    ae.add_supported_context(VERIFICATION, ACCEPTED_TRANSFER_SYNTAXES)
+    ae.add_supported_context(MODALITY_PERFORMED_PROCEDURE_STEP, ACCEPTED_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -83,7 +87,7 @@ class StorageSCP:
         self._tracker = tracker
         self._min_free_bytes = min_free_mb * _MB
 
-    def handlers(self) -> list[tuple[evt.EventType, object]]:
+    def handlers(self) -> list[Handler]:
         return [
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_C_ECHO, self.on_echo),
@@ -106,7 +110,7 @@ class StorageSCP:
         log.warning("association aborted", extra=_association_ids(event))
 
     def on_store(self, event: Event) -> int:
-        request = event.request
+        request = cast(C_STORE, event.request)
         sop_class = str(request.AffectedSOPClassUID)
         sop_uid = str(request.AffectedSOPInstanceUID)
         ids = {**_association_ids(event), "sop_instance_uid": sop_uid}

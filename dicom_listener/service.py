@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.assembly import StudyTracker
 from dicom_listener.mpps import ProcedureStepSCP
-from dicom_listener.scp import StorageSCP, build_ae, build_ssl_context
+from dicom_listener.scp import Handler, StorageSCP, build_ae, build_ssl_context
 from neurogate.bus import Bus, TopicSpec
 from neurogate.outbox import OutboxRelay
 from neurogate.settings import Settings
@@ -42,7 +42,12 @@ class ListenerService:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
         self._settings = settings
         self.store = InstanceStore(settings.storage_root, fsync=settings.listener.fsync)
-        self.relay = OutboxRelay(sessions, bus.publisher(), prepare=self._ensure_topics)
+        self.relay = OutboxRelay(
+            sessions,
+            bus.publisher(),
+            prepare=self._ensure_topics,
+            max_backoff_s=settings.bus.retry_max_backoff_seconds,
+        )
         self.tracker = StudyTracker(
             sessions,
             self.store,
@@ -77,7 +82,7 @@ class ListenerService:
             _config.STORE_RECV_CHUNKED_DATASET = True
             tempfile.tempdir = str(self.store.tmp_dir)
         resumed = self.tracker.recover()
-        handlers = [
+        handlers: list[Handler] = [
             *self._storage.handlers(),
             (evt.EVT_N_CREATE, self._mpps.on_n_create),
             (evt.EVT_N_SET, self._mpps.on_n_set),
@@ -114,6 +119,7 @@ class ListenerService:
                 log.warning("aborting association at shutdown", extra={"assoc": assoc.native_id})
                 assoc.abort()
         self._stop.set()
+        self.relay.wake()
         for thread in self._threads:
             thread.join()
         self._threads.clear()

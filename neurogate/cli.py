@@ -11,8 +11,13 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from neurogate.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger("neurogate")
 
@@ -32,7 +37,7 @@ def _prepare(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
+def _database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     from neurogate.db import create_db_engine, session_factory, upgrade_to_head
 
     if settings.db_auto_migrate:

@@ -77,6 +77,9 @@ class OutboxRelay:
         self._idle_wait_s = idle_wait_s
         self._max_backoff_s = max_backoff_s
         self._wake = threading.Event()
+        # For health reporting: failed passes in a row (0 while the bus takes events) and why.
+        self.consecutive_failures = 0
+        self.last_error: str | None = None
 
     def wake(self) -> None:
         """Ask the relay to look for new rows now rather than at its next idle poll."""
@@ -89,8 +92,11 @@ class OutboxRelay:
             try:
                 published = self.publish_pending()
                 backoff = 0.0
+                self.consecutive_failures, self.last_error = 0, None
             except BusUnavailable as exc:
                 self._prepared = False
+                self.consecutive_failures += 1
+                self.last_error = str(exc)
                 backoff = min(max(backoff * 2, 0.5), self._max_backoff_s)
                 log.warning(
                     "event bus unavailable; outbox events wait",

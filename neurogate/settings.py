@@ -101,6 +101,8 @@ class BusSettings(BaseModel):
     topic_replication_factor: int = Field(1, ge=1)
     # Attempts at handling one message before it goes to the dead-letter topic.
     max_delivery_attempts: int = Field(3, ge=1)
+    # Longest wait between attempts to reach an unavailable bus (backoff doubles up to this).
+    retry_max_backoff_seconds: float = Field(30.0, gt=0)
 
     _split = field_validator("kafka_bootstrap_servers", mode="before")(_split_csv)
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
     ExplicitVRLittleEndian,
     MRImageStorage,
-    PYDICOM_IMPLEMENTATION_UID,
     generate_uid,
 )
 
-SERIES = (("T1", "t1_mprage_sag"), ("T1CE", "t1_mprage_post_gd"), ("T2", "t2_tse_tra"))
+SERIES_DESCRIPTIONS = ("t1_mprage_sag", "t1_mprage_post_gd", "t2_tse_tra", "t2_tirm_tra_dark-fluid")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def write_mr_study(
     for s_index in range(series):
         series_uid = generate_uid()
         series_uids.append(series_uid)
-        name, description = SERIES[s_index % len(SERIES)]
+        description = SERIES_DESCRIPTIONS[s_index % len(SERIES_DESCRIPTIONS)]
         (folder / series_uid).mkdir(parents=True)
         for i in range(slices):
             ds = _slice(study_uid, frame_uid, series_uid, s_index + 1, description, i, size, rng)

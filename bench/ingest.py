@@ -1,0 +1,164 @@
+"""Ingest benchmark: dcmtk storescu → dcmtk storescp vs. → the NeuroGate listener, same run.
+
+Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
+their ratio, and the listener's peak memory. Rounds alternate between the receivers so that
+machine noise hits both alike; the median round is reported.
+
+    .venv/bin/python bench/ingest.py --images 2000 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.dicomgen import write_mr_study  # noqa: E402
+
+# Without TCP_NODELAY Debian's dcmtk stalls ~40 ms per image on loopback.
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+SCU = ["storescu", "-aet", "BENCH", "-aec", "NEUROGATE", "127.0.0.1"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        probe = subprocess.run(
+            ["echoscu", "-aec", "NEUROGATE", "127.0.0.1", str(port)], capture_output=True, env=ENV
+        )
+        if probe.returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing answers C-ECHO on port {port}")
+
+
+def send(port: int, files: list[Path], associations: int) -> float:
+    """Seconds for ``associations`` parallel storescu processes to send ``files``."""
+    chunks = [files[i::associations] for i in range(associations)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [*SCU, str(port), *map(str, c)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=ENV,
+        )
+        for c in chunks
+    ]
+    for proc in procs:
+        _, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode()[-500:]}")
+    return time.perf_counter() - start
+
+
+def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["storescp", "-aet", "NEUROGATE", "--output-directory", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
+def listener(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **ENV,
+        "PYTHONPATH": str(REPO),
+        "NEUROGATE_DATA_DIR": str(folder),
+        "NEUROGATE_LISTENER__PORT": str(port),
+        "NEUROGATE_LISTENER__MIN_FREE_DISK_MB": "0",
+        "NEUROGATE_LISTENER__STUDY_QUIET_SECONDS": "3600",
+        "NEUROGATE_LOG_LEVEL": "WARNING",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "dicom_listener"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_once(
+    start: Callable[[Path, int], subprocess.Popen[bytes]], files: list[Path], associations: int
+) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(dir=REPO / "var") as folder:
+        port = free_port()
+        proc = start(Path(folder), port)
+        try:
+            wait_port(port)
+            seconds = send(port, files, associations)
+            peak = peak_rss_mb(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return seconds, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=256, help="rows = columns of each image")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--associations", type=int, default=4)
+    args = parser.parse_args()
+    for tool in ("storescu", "storescp", "echoscu"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} missing: run scripts/setup --test")
+    (REPO / "var").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=REPO / "var") as data:
+        series = 4
+        study = write_mr_study(
+            Path(data), series=series, slices=args.images // series, size=args.size
+        )
+        files = study.files
+        megabytes = sum(f.stat().st_size for f in files) / 1e6
+        print(
+            f"{len(files)} MR images, {megabytes:.0f} MB, {os.cpu_count()} CPUs, "
+            f"{args.rounds} alternating rounds, median reported\n"
+        )
+        print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
+        for associations in (1, args.associations):
+            times: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
+            peaks: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
+            for _ in range(args.rounds):
+                for name, start in (("dcmtk storescp", storescp), ("neurogate listener", listener)):
+                    seconds, peak = run_once(start, files, associations)
+                    times[name].append(seconds)
+                    peaks[name].append(peak)
+            reference = statistics.median(times["dcmtk storescp"])
+            for name in times:
+                seconds = statistics.median(times[name])
+                print(
+                    f"{name:<22}{associations:>7}{len(files) / seconds:>11.0f}"
+                    f"{megabytes / seconds:>9.1f}{max(peaks[name]):>9.0f}"
+                    f"{reference / seconds:>8.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
