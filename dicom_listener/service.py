@@ -123,6 +123,7 @@ class ListenerService:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
+        self.relay.close()
         self.tracker.tick()
         log.info("listener stopped")
 

@@ -81,6 +81,10 @@ class OutboxRelay:
         self.consecutive_failures = 0
         self.last_error: str | None = None
 
+    def close(self) -> None:
+        """Release the publisher; call after :meth:`run` has returned."""
+        self._publisher.close()
+
     def wake(self) -> None:
         """Ask the relay to look for new rows now rather than at its next idle poll."""
         self._wake.set()

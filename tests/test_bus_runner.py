@@ -30,6 +30,7 @@ def _run(
         options = {"max_attempts": attempts, "poll_timeout_s": 0.1, "retry_backoff_s": 0.01}
         consume(consumer, publisher, handler, stop=stop, **options)
         consumer.close()
+        publisher.close()
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()
@@ -117,7 +118,9 @@ def test_a_message_that_always_fails_is_dead_lettered_after_max_attempts(bus: Bu
 def test_dead_lettering_on_kafka(kafka_settings: BusSettings) -> None:
     bus = open_bus(kafka_settings, Path("unused"))
     bus.ensure_topics([TopicSpec("runner-t", 1), TopicSpec("runner-t.dlq", 1)])
-    bus.publisher().publish("runner-t", "1.2.3", b"poison")
+    publisher = bus.publisher()
+    publisher.publish("runner-t", "1.2.3", b"poison")
+    publisher.close()
 
     def handler(message: Message) -> None:
         raise PoisonMessage("bad")
