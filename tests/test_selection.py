@@ -52,14 +52,14 @@ SIEMENS = [
         acquisition_type="3D",
         orientation="sagittal",
         slices=176,
-    ),  # fmt: skip
+    ),
     mr(
         "8",
         "t1_mprage_sag_p2_iso_MPR_tra",
         contrast_agent="Gadovist",
         image_type=DERIVED,
         slices=120,
-    ),  # fmt: skip
+    ),
 ]
 GE = [
     mr("1", "3-Plane Loc", slices=9),
