@@ -131,9 +131,7 @@ class SeriesRules:
                     text=re.compile(spec["text"]),
                     contrast=Contrast(spec.get("contrast", "any")),
                     not_text=re.compile(spec["not_text"]) if "not_text" in spec else None,
-                    inversion_time_ms=tuple(spec["inversion_time_ms"])  # type: ignore[arg-type]
-                    if "inversion_time_ms" in spec
-                    else None,
+                    inversion_time_ms=_range(spec.get("inversion_time_ms")),
                 )
                 for name, spec in data["roles"].items()
             )
@@ -149,6 +147,15 @@ class SeriesRules:
             )
         except (KeyError, re.error, ValueError, TypeError) as exc:
             raise ValueError(f"invalid series rules: {exc!r}") from exc
+
+
+def _range(value: list[float] | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    low, high = (float(v) for v in value)
+    if low > high:
+        raise ValueError(f"empty range {value}")
+    return low, high
 
 
 def load_rules(path: Path = DEFAULT_RULES) -> SeriesRules:
