@@ -119,3 +119,92 @@ def _slice(
     ds.PixelRepresentation = 0
     ds.PixelData = rng.integers(0, 4096, (size, size), dtype=np.uint16).tobytes()
     return ds
+
+
+def write_series(
+    folder: Path,
+    array: np.ndarray,
+    *,
+    origin: np.ndarray,
+    spacing: np.ndarray,
+    direction: np.ndarray,
+    enhanced: bool = False,
+    description: str = "t1_mprage_obl",
+    study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
+) -> list[Path]:
+    """Write ``array[k, j, i]`` as an MR series with the given LPS geometry.
+
+    Single-frame MR Image Storage (one file per slice, written in shuffled order) or one
+    Enhanced MR Image Storage instance with per-frame positions.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    frame_uid = frame_of_reference_uid or generate_uid()
+    series_uid = generate_uid()
+    row, column, k_axis = direction[:, 0], direction[:, 1], direction[:, 2]
+    positions = [origin + k * spacing[2] * k_axis for k in range(array.shape[0])]
+    iop = [float(v) for v in (*row, *column)]
+    pixel_spacing = [float(spacing[1]), float(spacing[0])]
+    pixels = array.astype(np.uint16)
+    if enhanced:
+        return [_enhanced(folder, pixels, positions, iop, pixel_spacing, float(spacing[2]),
+                          study_uid, frame_uid, series_uid, description)]  # fmt: skip
+    rng = np.random.default_rng(len(positions))
+    paths = []
+    for k in rng.permutation(len(positions)):
+        ds = _slice(study_uid, frame_uid, series_uid, 1, description, int(k), array.shape[1],
+                    np.random.default_rng(0))  # fmt: skip
+        ds.Rows, ds.Columns = pixels.shape[1:]
+        ds.ImageOrientationPatient = iop
+        ds.ImagePositionPatient = [float(v) for v in positions[k]]
+        ds.PixelSpacing = pixel_spacing
+        ds.SliceThickness = float(spacing[2])
+        ds.PixelData = pixels[k].tobytes()
+        path = folder / f"{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def _enhanced(
+    folder: Path,
+    pixels: np.ndarray,
+    positions: list[np.ndarray],
+    iop: list[float],
+    pixel_spacing: list[float],
+    thickness: float,
+    study_uid: str,
+    frame_uid: str,
+    series_uid: str,
+    description: str,
+) -> Path:
+    from pydicom.uid import EnhancedMRImageStorage
+
+    ds = _slice(study_uid, frame_uid, series_uid, 1, description, 0, pixels.shape[1],
+                np.random.default_rng(0))  # fmt: skip
+    for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+                    "SliceThickness", "InstanceNumber"):  # fmt: skip
+        delattr(ds, keyword)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    ds.NumberOfFrames = len(positions)
+    ds.Rows, ds.Columns = pixels.shape[1:]
+    shared = Dataset()
+    orientation, measures = Dataset(), Dataset()
+    orientation.ImageOrientationPatient = iop
+    measures.PixelSpacing = pixel_spacing
+    measures.SliceThickness = thickness
+    shared.PlaneOrientationSequence = [orientation]
+    shared.PixelMeasuresSequence = [measures]
+    ds.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for position in positions:
+        item, plane = Dataset(), Dataset()
+        plane.ImagePositionPatient = [float(v) for v in position]
+        item.PlanePositionSequence = [plane]
+        per_frame.append(item)
+    ds.PerFrameFunctionalGroupsSequence = per_frame
+    ds.PixelData = pixels.tobytes()
+    path = folder / "enhanced.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,0 +1,231 @@
+"""DICOM series to 3D volumes with their geometry, and back onto the source frames.
+
+A :class:`Volume` holds voxels as ``array[k, j, i]`` (slice, row, column) and the DICOM patient
+coordinate system (LPS, millimetres) mapping: ``origin`` is the centre of voxel (0, 0, 0),
+``direction`` has the unit vectors of the i, j and k axes as its columns, ``spacing`` is
+(column spacing, row spacing, slice spacing). This is ITK's convention, so volumes convert to
+SimpleITK images without reorientation, and resampling one series onto another's grid is an
+identity transform in patient space. Each slice remembers the instance (and frame, for
+multi-frame objects) it came from, so a mask on the grid maps back to source frames exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+# Slices whose normal positions differ from a regular grid by more than this are refused.
+_SPACING_TOLERANCE = 0.05  # relative
+_ORIENTATION_TOLERANCE = 1e-3
+
+
+class GeometryError(ValueError):
+    """The series does not form one regular 3D stack (mixed orientations, gaps, duplicates)."""
+
+
+@dataclass(frozen=True)
+class FrameRef:
+    """Where one slice of a volume came from."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    frame_number: int | None = None  # 1-based, for multi-frame instances
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    array: np.ndarray  # (slices, rows, columns)
+    origin: np.ndarray  # (3,) LPS mm, centre of voxel (0, 0, 0)
+    spacing: np.ndarray  # (3,) mm: i (columns), j (rows), k (slices)
+    direction: np.ndarray  # (3, 3), columns are the i, j, k unit vectors in LPS
+    frames: tuple[FrameRef, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise ValueError(f"array must be 3D, got shape {self.array.shape}")
+        if self.frames and len(self.frames) != self.array.shape[0]:
+            raise ValueError("frames must name one source frame per slice")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        k, j, i = self.array.shape
+        return k, j, i
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix from (i, j, k, 1) voxel indices to LPS millimetres."""
+        affine = np.eye(4)
+        affine[:3, :3] = self.direction * self.spacing
+        affine[:3, 3] = self.origin
+        return affine
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def with_array(self, array: np.ndarray) -> Volume:
+        """The same grid holding other voxels (a mask, a probability map)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} != grid shape {self.array.shape}")
+        return Volume(array, self.origin, self.spacing, self.direction, self.frames)
+
+    def to_sitk(self) -> sitk.Image:
+        image = sitk.GetImageFromArray(self.array)
+        image.SetOrigin(tuple(float(v) for v in self.origin))
+        image.SetSpacing(tuple(float(v) for v in self.spacing))
+        image.SetDirection(tuple(float(v) for v in self.direction.flatten()))
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, frames: tuple[FrameRef, ...] = ()) -> Volume:
+        return cls(
+            array=sitk.GetArrayFromImage(image),
+            origin=np.asarray(image.GetOrigin()),
+            spacing=np.asarray(image.GetSpacing()),
+            direction=np.asarray(image.GetDirection()).reshape(3, 3),
+            frames=frames,
+        )
+
+
+@dataclass(frozen=True)
+class _Slice:
+    position: np.ndarray
+    row: np.ndarray  # direction of increasing column index (i)
+    column: np.ndarray  # direction of increasing row index (j)
+    pixel_spacing: tuple[float, float]  # (between rows, between columns)
+    pixels: np.ndarray
+    ref: FrameRef
+
+
+def _rescaled(pixels: np.ndarray, item: Dataset) -> np.ndarray:
+    slope = float(item.get("RescaleSlope", 1) or 1)
+    intercept = float(item.get("RescaleIntercept", 0) or 0)
+    return pixels.astype(np.float32) * slope + intercept
+
+
+def _single_frame(ds: Dataset) -> list[_Slice]:
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    return [
+        _Slice(
+            position=np.asarray(ds.ImagePositionPatient, float),
+            row=iop[:3],
+            column=iop[3:],
+            pixel_spacing=(float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+            pixels=_rescaled(ds.pixel_array, ds),
+            ref=FrameRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID)),
+        )
+    ]
+
+
+def _functional(ds: Dataset, index: int, sequence: str) -> Dataset:
+    """A functional group item for frame ``index``: per-frame if present, else shared."""
+    per_frame = ds.PerFrameFunctionalGroupsSequence[index]
+    if sequence in per_frame:
+        return per_frame[sequence][0]
+    return ds.SharedFunctionalGroupsSequence[0][sequence][0]
+
+
+def _multi_frame(ds: Dataset) -> list[_Slice]:
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    slices = []
+    for index in range(int(ds.NumberOfFrames)):
+        iop = np.asarray(
+            _functional(ds, index, "PlaneOrientationSequence").ImageOrientationPatient, float
+        )
+        measures = _functional(ds, index, "PixelMeasuresSequence")
+        try:
+            transform: Dataset = _functional(ds, index, "PixelValueTransformationSequence")
+        except (KeyError, AttributeError):
+            transform = Dataset()
+        slices.append(
+            _Slice(
+                position=np.asarray(
+                    _functional(ds, index, "PlanePositionSequence").ImagePositionPatient, float
+                ),
+                row=iop[:3],
+                column=iop[3:],
+                pixel_spacing=(float(measures.PixelSpacing[0]), float(measures.PixelSpacing[1])),
+                pixels=_rescaled(pixels[index], transform),
+                ref=FrameRef(str(ds.SOPInstanceUID), str(ds.SOPClassUID), index + 1),
+            )
+        )
+    return slices
+
+
+def _slices_of(ds: Dataset) -> list[_Slice]:
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        return _multi_frame(ds)
+    return _single_frame(ds)
+
+
+def load_series(paths: Sequence[Path]) -> Volume:
+    """Build one volume from the instances of a series (single-frame or multi-frame).
+
+    Raises
+    ------
+    GeometryError
+        When the frames do not form one regular stack: differing orientation, pixel spacing or
+        size, two frames at one position, or uneven slice gaps.
+    """
+    slices = [s for path in paths for s in _slices_of(dcmread(path))]
+    if not slices:
+        raise GeometryError("no frames")
+    first = slices[0]
+    for s in slices[1:]:
+        if not (
+            np.allclose(s.row, first.row, atol=_ORIENTATION_TOLERANCE)
+            and np.allclose(s.column, first.column, atol=_ORIENTATION_TOLERANCE)
+        ):
+            raise GeometryError("frames have different orientations (a localiser or mixed stack)")
+        if s.pixels.shape != first.pixels.shape or not np.allclose(
+            s.pixel_spacing, first.pixel_spacing
+        ):
+            raise GeometryError("frames differ in size or pixel spacing")
+    normal = np.cross(first.row, first.column)
+    slices.sort(key=lambda s: float(np.dot(s.position, normal)))
+    distances = np.array([np.dot(s.position, normal) for s in slices])
+    if len(slices) > 1:
+        steps = np.diff(distances)
+        if np.any(steps < 1e-3):
+            raise GeometryError("two frames share a position (multiple echoes or repeats?)")
+        spacing_k = float(np.median(steps))
+        if np.any(np.abs(steps - spacing_k) > _SPACING_TOLERANCE * spacing_k):
+            raise GeometryError(f"uneven slice gaps: {sorted(set(np.round(steps, 2)))} mm")
+        # The stacking axis may be sheared (gantry tilt); take it from the positions themselves.
+        k_axis = slices[-1].position - slices[0].position
+        k_axis /= np.linalg.norm(k_axis)
+    else:
+        spacing_k, k_axis = 1.0, normal
+    return Volume(
+        array=np.stack([s.pixels for s in slices]),
+        origin=slices[0].position,
+        spacing=np.array([first.pixel_spacing[1], first.pixel_spacing[0], spacing_k]),
+        direction=np.column_stack([first.row, first.column, k_axis]),
+        frames=tuple(s.ref for s in slices),
+    )
+
+
+def resample_to(volume: Volume, reference: Volume, *, labels: bool = False) -> Volume:
+    """``volume`` on ``reference``'s grid: linear for images, nearest neighbour for labels.
+
+    Both are in patient coordinates, so no registration is involved: series of one study share
+    a frame of reference. Voxels outside ``volume``'s extent are 0.
+    """
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    resampled = sitk.Resample(
+        volume.to_sitk(), reference.to_sitk(), sitk.Transform(), interpolator, 0.0
+    )
+    return reference.with_array(sitk.GetArrayFromImage(resampled).astype(volume.array.dtype))
+
+
+def frame_masks(mask: Volume) -> list[tuple[FrameRef, np.ndarray]]:
+    """A mask on a series' own grid as (source frame, 2D mask) pairs, in source order."""
+    if not mask.frames:
+        raise ValueError("the mask's grid does not come from a DICOM series")
+    return [(ref, mask.array[k]) for k, ref in enumerate(mask.frames)]
