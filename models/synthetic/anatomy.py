@@ -1,0 +1,94 @@
+"""Head anatomy on the MNI152 grid: brain tissue maps from the template, and the layers around
+the brain (CSF rim, skull with marrow, scalp) that a skull-stripped template lacks."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+# ICBM152 2009a (symmetric), as shipped inside nilearn: T1 template and tissue probability maps.
+_TEMPLATES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+# Distances outside the brain surface (mm) of the synthesised layers.
+SUBARACHNOID_MM = 2.0
+INNER_TABLE_MM = 3.5
+MARROW_MM = 5.5
+OUTER_TABLE_MM = 7.0
+SCALP_MM = 12.0
+_BRAIN_THRESHOLD = 0.05  # of the template's maximum
+_UINT8_MAX = 255.0
+
+
+def _template_dir() -> Path:
+    import nilearn  # only for the location of its data files
+
+    return Path(nilearn.__file__).parent / "datasets" / "data"
+
+
+@dataclass(frozen=True, eq=False)
+class Anatomy:
+    """Tissue fractions on a RAS world grid; each array is float32 in [0, 1]."""
+
+    affine: np.ndarray  # voxel index -> RAS mm
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    brain: np.ndarray  # bool: inside the brain (GM, WM or ventricles)
+    outside_mm: np.ndarray  # distance from the brain surface, 0 inside
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        x, y, z = self.gm.shape
+        return x, y, z
+
+    @property
+    def voxel_mm(self) -> float:
+        return float(abs(self.affine[0, 0]))
+
+    def layer(self, low_mm: float, high_mm: float) -> np.ndarray:
+        """Fraction of each voxel lying between two distances outside the brain (smooth edges)."""
+        d = self.outside_mm
+        ramp = max(self.voxel_mm / 2, 0.5)
+        rise = np.clip((d - low_mm) / ramp + 0.5, 0, 1)
+        fall = np.clip((high_mm - d) / ramp + 0.5, 0, 1)
+        return (rise * fall).astype(np.float32)
+
+
+@functools.cache
+def mni_anatomy(voxel_mm: float = 1.0) -> Anatomy:
+    """The template anatomy at ``voxel_mm`` (1 mm native; coarser grids are block-averaged)."""
+    import nibabel as nib
+
+    if voxel_mm < 1 or voxel_mm != int(voxel_mm):
+        raise ValueError(f"voxel_mm must be a whole number of millimetres >= 1, got {voxel_mm}")
+    step = int(voxel_mm)
+    images: dict[str, nib.Nifti1Image] = {
+        k: nib.load(_template_dir() / name)  # type: ignore[misc]
+        for k, name in _TEMPLATES.items()
+    }
+    affine = images["t1"].affine.copy()
+    arrays = {k: np.asarray(img.dataobj, dtype=np.float32) for k, img in images.items()}
+    if step > 1:
+        arrays = {k: _block_mean(a, step) for k, a in arrays.items()}
+        affine[:3, :3] *= step
+        affine[:3, 3] += (step - 1) / 2  # centre of the first block
+    # The files hold 8-bit values: intensities and probabilities scaled to 0-255.
+    t1, gm, wm = (np.clip(arrays[k] / _UINT8_MAX, 0, 1) for k in ("t1", "gm", "wm"))
+    # The template is skull-stripped: its non-zero voxels are the intracranial space.
+    brain = ndimage.binary_fill_holes(t1 > _BRAIN_THRESHOLD)
+    csf = np.where(brain, np.clip(1 - gm - wm, 0, 1), 0).astype(np.float32)
+    outside = ndimage.distance_transform_edt(~brain, sampling=step).astype(np.float32)
+    return Anatomy(affine, gm, wm, csf, brain, outside)
+
+
+def _block_mean(array: np.ndarray, step: int) -> np.ndarray:
+    shape = [s // step for s in array.shape]
+    trimmed = array[: shape[0] * step, : shape[1] * step, : shape[2] * step]
+    return trimmed.reshape(shape[0], step, shape[1], step, shape[2], step).mean(axis=(1, 3, 5))
