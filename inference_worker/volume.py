@@ -1,12 +1,7 @@
-"""DICOM series to 3D volumes with their geometry, and back onto the source frames.
+"""DICOM series to 3D volumes (:class:`models.imaging.Volume`) and masks back onto the frames.
 
-A :class:`Volume` holds voxels as ``array[k, j, i]`` (slice, row, column) and the DICOM patient
-coordinate system (LPS, millimetres) mapping: ``origin`` is the centre of voxel (0, 0, 0),
-``direction`` has the unit vectors of the i, j and k axes as its columns, ``spacing`` is
-(column spacing, row spacing, slice spacing). This is ITK's convention, so volumes convert to
-SimpleITK images without reorientation, and resampling one series onto another's grid is an
-identity transform in patient space. Each slice remembers the instance (and frame, for
-multi-frame objects) it came from, so a mask on the grid maps back to source frames exactly.
+Each slice of a loaded volume remembers the instance (and frame, for multi-frame objects) it
+came from, so a mask on the series' grid maps back to its source frames exactly.
 """
 
 from __future__ import annotations
@@ -16,9 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+
+from models.imaging import FrameRef, Volume
 
 # Slices whose normal positions differ from a regular grid by more than this are refused.
 _SPACING_TOLERANCE = 0.05  # relative
@@ -27,70 +23,6 @@ _ORIENTATION_TOLERANCE = 1e-3
 
 class GeometryError(ValueError):
     """The series does not form one regular 3D stack (mixed orientations, gaps, duplicates)."""
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    """Where one slice of a volume came from."""
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    frame_number: int | None = None  # 1-based, for multi-frame instances
-
-
-@dataclass(frozen=True, eq=False)
-class Volume:
-    array: np.ndarray  # (slices, rows, columns)
-    origin: np.ndarray  # (3,) LPS mm, centre of voxel (0, 0, 0)
-    spacing: np.ndarray  # (3,) mm: i (columns), j (rows), k (slices)
-    direction: np.ndarray  # (3, 3), columns are the i, j, k unit vectors in LPS
-    frames: tuple[FrameRef, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.array.ndim != 3:
-            raise ValueError(f"array must be 3D, got shape {self.array.shape}")
-        if self.frames and len(self.frames) != self.array.shape[0]:
-            raise ValueError("frames must name one source frame per slice")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        k, j, i = self.array.shape
-        return k, j, i
-
-    @property
-    def affine(self) -> np.ndarray:
-        """4x4 matrix from (i, j, k, 1) voxel indices to LPS millimetres."""
-        affine = np.eye(4)
-        affine[:3, :3] = self.direction * self.spacing
-        affine[:3, 3] = self.origin
-        return affine
-
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(np.prod(self.spacing)) / 1000.0
-
-    def with_array(self, array: np.ndarray) -> Volume:
-        """The same grid holding other voxels (a mask, a probability map)."""
-        if array.shape != self.array.shape:
-            raise ValueError(f"shape {array.shape} != grid shape {self.array.shape}")
-        return Volume(array, self.origin, self.spacing, self.direction, self.frames)
-
-    def to_sitk(self) -> sitk.Image:
-        image = sitk.GetImageFromArray(self.array)
-        image.SetOrigin(tuple(float(v) for v in self.origin))
-        image.SetSpacing(tuple(float(v) for v in self.spacing))
-        image.SetDirection(tuple(float(v) for v in self.direction.flatten()))
-        return image
-
-    @classmethod
-    def from_sitk(cls, image: sitk.Image, frames: tuple[FrameRef, ...] = ()) -> Volume:
-        return cls(
-            array=sitk.GetArrayFromImage(image),
-            origin=np.asarray(image.GetOrigin()),
-            spacing=np.asarray(image.GetSpacing()),
-            direction=np.asarray(image.GetDirection()).reshape(3, 3),
-            frames=frames,
-        )
 
 
 @dataclass(frozen=True)
@@ -209,19 +141,6 @@ def load_series(paths: Sequence[Path]) -> Volume:
         direction=np.column_stack([first.row, first.column, k_axis]),
         frames=tuple(s.ref for s in slices),
     )
-
-
-def resample_to(volume: Volume, reference: Volume, *, labels: bool = False) -> Volume:
-    """``volume`` on ``reference``'s grid: linear for images, nearest neighbour for labels.
-
-    Both are in patient coordinates, so no registration is involved: series of one study share
-    a frame of reference. Voxels outside ``volume``'s extent are 0.
-    """
-    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
-    resampled = sitk.Resample(
-        volume.to_sitk(), reference.to_sitk(), sitk.Transform(), interpolator, 0.0
-    )
-    return reference.with_array(sitk.GetArrayFromImage(resampled).astype(volume.array.dtype))
 
 
 def frame_masks(mask: Volume) -> list[tuple[FrameRef, np.ndarray]]:

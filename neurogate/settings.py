@@ -107,6 +107,18 @@ class BusSettings(BaseModel):
     _split = field_validator("kafka_bootstrap_servers", mode="before")(_split_csv)
 
 
+class ModelSettings(BaseModel):
+    """Which model manifest serves each task; unset: the models shipped in ``models/manifests``.
+
+    Swapping a model (a site's own ``.keras``/``.h5`` classifier, a TorchScript segmenter) is a
+    manifest and these settings, not a code change.
+    """
+
+    detection: Path | None = None
+    classification: Path | None = None
+    segmentation: Path | None = None
+
+
 class Settings(BaseSettings):
     """Everything a NeuroGate process reads from its environment."""
 
@@ -127,6 +139,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     listener: ListenerSettings = ListenerSettings()
     bus: BusSettings = BusSettings()
+    models: ModelSettings = ModelSettings()
 
     @property
     def storage_root(self) -> Path:

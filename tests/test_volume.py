@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from inference_worker.volume import GeometryError, Volume, frame_masks, load_series, resample_to
+from inference_worker.volume import GeometryError, frame_masks, load_series
+from models.imaging import Volume, resample_to
 from tests.dicomgen import write_series
 
 

@@ -1,0 +1,1 @@
+"""2D slice models (Keras): tumour detection and four-class tumour classification."""

@@ -1,0 +1,49 @@
+"""Axial slices of canonical-grid examples for the 2D models, and their labels."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from models.classification.networks import INPUT_SHAPE
+from models.training.data import CLASSES, class_index
+
+# Channel order of the canonical grid (models.synthetic.MODALITIES) and how often each is shown.
+CONTRAST_WEIGHTS = np.array([0.15, 0.35, 0.15, 0.35])  # t1, t1ce, t2, flair
+TUMOUR_SLICE_MIN_VOXELS = 15  # 60 mm2 at 2 mm: a slice clearly showing tumour
+BRAIN_SLICE_MIN_VOXELS = 600
+
+
+def to_input(plane: np.ndarray) -> np.ndarray:
+    """A (j, i) plane of the canonical grid centred in the network's input square."""
+    height, width = INPUT_SHAPE[:2]
+    out = np.zeros((height, width), np.float32)
+    j, i = plane.shape
+    top, left = (height - j) // 2, (width - i) // 2
+    out[top : top + j, left : left + i] = plane
+    return out
+
+
+def example_slices(
+    path: Path, rng: np.random.Generator, per_example: int = 24
+) -> Iterable[tuple[np.ndarray, int, int]]:
+    """(input, tumour present 0/1, class index) for sampled axial slices of one example."""
+    with np.load(path) as data:
+        image, label, brain = data["image"], data["label"], data["brain"]
+        tumour_type = str(data["tumour_type"])
+    tumour_area = (label > 0).sum(axis=(1, 2))
+    brain_area = brain.sum(axis=(1, 2))
+    positive = np.flatnonzero(tumour_area >= TUMOUR_SLICE_MIN_VOXELS)
+    negative = np.flatnonzero((tumour_area == 0) & (brain_area >= BRAIN_SLICE_MIN_VOXELS))
+    chosen = list(rng.permutation(positive)[: per_example // 2])
+    chosen += list(rng.permutation(negative)[: per_example - len(chosen)])
+    klass = class_index(tumour_type)
+    for k in chosen:
+        channel = rng.choice(4, p=CONTRAST_WEIGHTS)
+        plane = image[channel, k].astype(np.float32)
+        if rng.random() < 0.5:
+            plane = plane[:, ::-1]
+        present = int(tumour_area[k] > 0)
+        yield to_input(plane), present, klass if present else CLASSES.index("notumor")

@@ -1,0 +1,72 @@
+"""Train the slice detector and classifier: ``python -m models.classification.train``.
+
+Both learn from axial slices of the synthetic canonical-grid examples, shown in a random
+contrast so that they work on whichever series a study has. Writes ``detector.keras`` and
+``classifier.keras`` next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from models.classification.slices import example_slices
+from models.training.data import CLASSES
+
+HERE = Path(__file__).parent
+
+
+def arrays(
+    paths: list[Path], seed: int, per_example: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs, present, classes = [], [], []
+    for path in paths:
+        for x, p, c in example_slices(path, rng, per_example):
+            xs.append(x)
+            present.append(p)
+            classes.append(c)
+    return np.stack(xs)[..., None], np.array(present), np.array(classes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--examples", type=Path, default=Path("var/training/examples"))
+    parser.add_argument("--validation", type=Path, default=Path("var/training/validation"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--per-example", type=int, default=32)
+    args = parser.parse_args()
+    import keras
+
+    keras.utils.set_random_seed(0)
+    from models.classification.networks import slice_cnn
+
+    x, present, classes = arrays(sorted(args.examples.glob("*.npz")), 0, args.per_example)
+    vx, vpresent, vclasses = arrays(sorted(args.validation.glob("*.npz")), 1, args.per_example)
+    print(f"{len(x)} training slices ({present.mean():.0%} with tumour), {len(vx)} validation")
+
+    detector = slice_cnn(1, "sigmoid", "neurogate_detector")
+    detector.compile(
+        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"]
+    )
+    detector.fit(
+        x, present, batch_size=32, epochs=args.epochs, validation_data=(vx, vpresent), verbose=2
+    )
+    detector.save(HERE / "detector.keras")
+
+    classifier = slice_cnn(len(CLASSES), "softmax", "neurogate_classifier")
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    classifier.fit(
+        x, classes, batch_size=32, epochs=args.epochs, validation_data=(vx, vclasses), verbose=2
+    )
+    classifier.save(HERE / "classifier.keras")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Study-level inference with the shipped (or configured) models.
+
+The 2D models see axial planes of the canonical grid; a study is "tumour" when the detector is
+confident on consecutive planes; the class is the classifier's mean over the planes the
+detector is most sure of; Grad-CAM explains the single most confident plane. The 3D network
+segments brain, whole tumour, tumour core and enhancing tumour, nested as BraTS regions are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from models.registry import ModelManifest, Preprocessing
+
+DETECTION_THRESHOLD = 0.5
+_RUN = 3  # planes averaged: a detection must hold on neighbouring planes
+_TOP_PLANES = 5
+_BRAIN_PLANE_FRACTION = 0.05  # planes with less head than this are skipped
+
+
+@dataclass(frozen=True)
+class Detection:
+    tumour: bool
+    probability: float  # study level
+    plane_probabilities: np.ndarray  # per axial plane of the canonical grid
+    planes: np.ndarray  # which k each probability belongs to
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    index: int
+    probabilities: dict[str, float]
+    plane: int  # the k of the plane Grad-CAM explains
+
+
+def head_planes(volume: np.ndarray) -> np.ndarray:
+    """Axial planes (k) of the canonical grid that contain enough head to judge."""
+    area = (volume > 0.1).sum(axis=(1, 2))
+    return np.flatnonzero(area >= _BRAIN_PLANE_FRACTION * volume.shape[1] * volume.shape[2])
+
+
+def model_input(planes: np.ndarray, manifest: ModelManifest) -> np.ndarray:
+    """(n, j, i) canonical planes → (n, H, W, C) as the manifest's model expects."""
+    height, width, channels = manifest.input_shape
+    n, j, i = planes.shape
+    if manifest.preprocessing is Preprocessing.CANONICAL:
+        out = np.zeros((n, height, width), np.float32)
+        top, left = (height - j) // 2, (width - i) // 2
+        out[:, top : top + j, left : left + i] = planes
+    else:  # resize the plane to the model's input, then scale as the model was trained
+        out = ndimage.zoom(planes, (1, height / j, width / i), order=1).astype(np.float32)
+        out = np.clip(out / 1.5, 0, 1)
+        if manifest.preprocessing is Preprocessing.IMAGENET:
+            out = out * 255.0
+    return np.repeat(out[..., None], channels, axis=-1)
+
+
+def detect(model: Any, manifest: ModelManifest, volume: np.ndarray) -> Detection:
+    """Tumour or not, from one contrast on the canonical grid ``(k, j, i)``."""
+    planes = head_planes(volume)
+    probs = model.predict(model_input(volume[planes], manifest), verbose=0, batch_size=32)
+    probs = np.asarray(probs, np.float32).reshape(len(planes), -1)[:, -1]
+    smoothed = ndimage.uniform_filter1d(probs, _RUN, mode="nearest") if len(probs) else probs
+    study = float(smoothed.max()) if len(smoothed) else 0.0
+    return Detection(study >= DETECTION_THRESHOLD, study, probs, planes)
+
+
+def classify(
+    model: Any, manifest: ModelManifest, volume: np.ndarray, detection: Detection
+) -> Classification:
+    """The tumour class: mean probabilities over the planes the detector is most sure of."""
+    order = np.argsort(detection.plane_probabilities)[::-1][:_TOP_PLANES]
+    chosen = detection.planes[order]
+    probs = np.asarray(model.predict(model_input(volume[chosen], manifest), verbose=0))
+    mean = probs.mean(axis=0)
+    index = int(np.argmax(mean))
+    return Classification(
+        label=manifest.labels[index],
+        index=index,
+        probabilities={label: float(p) for label, p in zip(manifest.labels, mean, strict=True)},
+        plane=int(chosen[int(np.argmax(probs[:, index]))]),
+    )
+
+
+def grad_cam(
+    model: Any,
+    manifest: ModelManifest,
+    plane: np.ndarray,
+    class_index: int,
+    layer: str = "last_conv",
+) -> np.ndarray:
+    """Grad-CAM heatmap in [0, 1], aligned with ``plane`` (j, i) of the canonical grid."""
+    import keras
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(model_input(plane[None], manifest))
+    probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
+    with tf.GradientTape() as tape:
+        features, predictions = probe(x, training=False)
+        score = predictions[:, class_index]
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2))
+    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0].numpy()
+    height, width = manifest.input_shape[:2]
+    cam = ndimage.zoom(cam, (height / cam.shape[0], width / cam.shape[1]), order=1)
+    j, i = plane.shape
+    if manifest.preprocessing is Preprocessing.CANONICAL:
+        top, left = (height - j) // 2, (width - i) // 2
+        cam = cam[top : top + j, left : left + i]
+    else:
+        cam = ndimage.zoom(cam, (j / height, i / width), order=1)
+    peak = float(cam.max())
+    return (cam / peak if peak > 0 else cam).astype(np.float32)
+
+
+def segment(net: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks on the canonical grid from the four contrasts ``(4, k, j, i)``, regions nested."""
+    import torch
+
+    with torch.no_grad():
+        logits = net(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None])[0]
+    masks = (torch.sigmoid(logits) > 0.5).numpy()
+    brain, wt, tc, et = masks
+    tc = tc & wt
+    et = et & tc
+    return {"brain": brain | wt, "WT": wt, "TC": tc, "ET": et}

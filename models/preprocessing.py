@@ -1,0 +1,50 @@
+"""The model-side contract for images: the canonical grid and intensity normalisation.
+
+Every network sees a study the same way, whatever the scanner did: each available series is
+resampled (in patient space) onto one canonical grid, 2 mm isotropic and aligned with the
+patient's axes, centred on the head; intensities are divided by a robust maximum of the head.
+Training (on synthetic acquisitions) and inference (on received DICOM) use these functions, so
+the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.imaging import Volume, resample_to
+
+GRID_MM = 2.0
+GRID_SHAPE = (96, 120, 96)  # (k: inferior->superior, j: anterior->posterior, i: right->left)
+_FOREGROUND_FRACTION = 0.1
+_ROBUST_PERCENTILE = 99.0
+_CLIP = 2.0
+
+
+def canonical_grid(reference: Volume) -> Volume:
+    """An empty 2 mm grid in patient axes (LPS), centred on ``reference``'s head."""
+    array = reference.array
+    foreground = array > _FOREGROUND_FRACTION * np.percentile(array, _ROBUST_PERCENTILE)
+    k, j, i = np.argwhere(foreground).mean(axis=0)
+    centre = reference.affine @ [i, j, k, 1]
+    spacing = np.full(3, GRID_MM)
+    half = (np.array(GRID_SHAPE[::-1]) - 1) / 2 * spacing
+    return Volume(
+        array=np.zeros(GRID_SHAPE, np.float32),
+        origin=centre[:3] - half,
+        spacing=spacing,
+        direction=np.eye(3),
+    )
+
+
+def normalise(array: np.ndarray) -> np.ndarray:
+    """Scale so that the head's robust maximum is 1; clip outliers."""
+    values = array[array > 0]
+    if values.size == 0:
+        return np.zeros_like(array, dtype=np.float32)
+    top = float(np.percentile(values, _ROBUST_PERCENTILE)) or 1.0
+    return np.clip(array / top, 0, _CLIP).astype(np.float32)
+
+
+def on_grid(volume: Volume, grid: Volume) -> np.ndarray:
+    """``volume`` resampled onto ``grid`` and normalised."""
+    return normalise(resample_to(volume.with_array(volume.array.astype(np.float32)), grid).array)

@@ -1,0 +1,1 @@
+"""3D segmentation of brain, whole tumour, tumour core and enhancing tumour (PyTorch)."""

@@ -1,0 +1,1 @@
+"""Training code for the shipped models: data sets, training loops, evaluation."""
