@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from neurogate.bus import BusUnavailable, Publisher
+from neurogate.bus import Bus, BusUnavailable, Publisher, ensure_service_topics
 from neurogate.db.models import OutboxEvent
+from neurogate.settings import BusSettings
 from schemas.events import EventBase
 
 log = logging.getLogger(__name__)
@@ -151,3 +152,17 @@ class OutboxRelay:
                     extra={"event_id": row.event_id, "topic": row.topic, "key": row.key},
                 )
         return published
+
+
+def service_relay(
+    sessions: sessionmaker[Session], bus: Bus, settings: BusSettings, topics: Iterable[str]
+) -> OutboxRelay:
+    """The relay a service runs: it creates the service's topics (and their dead-letter twins)
+    before its first publish, and again after every outage."""
+    names = tuple(topics)
+    return OutboxRelay(
+        sessions,
+        bus.publisher(),
+        prepare=lambda: ensure_service_topics(bus, settings, names),
+        max_backoff_s=settings.retry_max_backoff_seconds,
+    )

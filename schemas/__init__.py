@@ -5,8 +5,14 @@ Importing this package is cheap: it depends on pydantic only.
 
 from schemas.events import (
     SCHEMA_VERSION,
+    AnalysisRequested,
+    AnalysisSource,
+    AnalysisState,
+    AnalysisStatusChanged,
     CompletionTrigger,
     Event,
+    ExportOutcome,
+    InputFormat,
     SeriesSummary,
     StudyReceived,
     parse_event,
@@ -16,9 +22,15 @@ from schemas.uids import DicomUID
 
 __all__ = [
     "SCHEMA_VERSION",
+    "AnalysisRequested",
+    "AnalysisSource",
+    "AnalysisState",
+    "AnalysisStatusChanged",
     "CompletionTrigger",
     "DicomUID",
     "Event",
+    "ExportOutcome",
+    "InputFormat",
     "SeriesSummary",
     "StudyReceived",
     "Topic",

@@ -73,7 +73,71 @@ class StudyReceived(EventBase):
     series: list[SeriesSummary] = Field(min_length=1)
 
 
-Event = Annotated[StudyReceived, Field(discriminator="event_type")]
+class AnalysisSource(StrEnum):
+    DICOM = "dicom"  # a study completed by the listener
+    UPLOAD = "upload"  # files uploaded through the API
+    RERUN = "rerun"  # a user asked for a study to be analysed again
+
+
+class InputFormat(StrEnum):
+    DICOM = "dicom"
+    NIFTI = "nifti"
+
+
+class AnalysisRequested(EventBase):
+    """Analyse a study that did not arrive through the listener, or analyse one again.
+
+    ``path`` is the study's folder relative to the storage root. For NIfTI, ``nifti_files`` maps
+    each role (T1, T1CE, T2, FLAIR) to its file, relative to the storage root.
+    """
+
+    event_type: Literal["analysis.requested"] = "analysis.requested"
+    study_instance_uid: DicomUID
+    source: AnalysisSource
+    input_format: InputFormat
+    path: str
+    nifti_files: dict[str, str] = Field(default_factory=dict)
+    requested_by: str | None = None  # a user name, for the audit trail
+
+
+class AnalysisState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class AnalysisStatusChanged(EventBase):
+    """Progress of one analysis: queued, running (with its step), completed or failed."""
+
+    event_type: Literal["analysis.status"] = "analysis.status"
+    analysis_id: int
+    study_instance_uid: DicomUID
+    status: AnalysisState
+    step: str | None = None
+    progress: float = Field(ge=0, le=1, default=0.0)
+    reason: str | None = None  # why it failed; never patient data
+
+
+class ExportOutcome(EventBase):
+    """One result object's delivery to one destination: sent, retrying or parked as failed."""
+
+    event_type: Literal["export.status"] = "export.status"
+    analysis_id: int
+    study_instance_uid: DicomUID
+    sop_instance_uid: DicomUID
+    kind: str
+    destination: str
+    status: Literal["sent", "pending", "failed"]
+    attempts: int = Field(ge=0)
+    dimse_status: int | None = None
+    reason: str | None = None
+
+
+Event = Annotated[
+    StudyReceived | AnalysisRequested | AnalysisStatusChanged | ExportOutcome,
+    Field(discriminator="event_type"),
+]
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 

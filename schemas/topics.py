@@ -6,7 +6,10 @@ from enum import StrEnum
 
 
 class Topic(StrEnum):
-    STUDY_RECEIVED = "neurogate.study.received"
+    STUDY_RECEIVED = "neurogate.study.received"  # listener -> worker
+    ANALYSIS_REQUESTED = "neurogate.analysis.requested"  # API (uploads, re-runs) -> worker
+    ANALYSIS_STATUS = "neurogate.analysis.status"  # worker -> API, dashboards
+    EXPORT_STATUS = "neurogate.export.status"  # worker -> API: delivery per object, destination
 
 
 DLQ_SUFFIX = ".dlq"

@@ -1,11 +1,20 @@
 """The embedded bus: a durable, Kafka-like log in one SQLite file.
 
-Each topic is a single partition whose offsets increase. A consumer group has a committed offset
-per topic; a new group starts at the earliest message. Several processes of one machine may
-publish and consume through the same file. Within a group, one member at a time consumes a
-topic: it holds a lease renewed by a heartbeat thread; when the member dies its lease expires
-after the session timeout and another member resumes from the committed offset. Spreading one
-group's work across machines is what the Kafka backend is for.
+Each topic is a single partition (number 0) whose offsets increase; messages are kept. A
+consumer group has a committed offset per topic; a new group starts at the earliest message, and
+a restarted member resumes from the committed offset, so a message polled but not committed is
+delivered again.
+
+Several processes of one machine (``neurogate listener`` and ``neurogate worker``, say) and
+several threads of one process share the file: writes take SQLite's write lock with ``BEGIN
+IMMEDIATE``, reads run beside them in WAL mode, and each thread has its own connection.
+
+Within a group, one member at a time consumes a topic. It holds a lease row that a heartbeat
+thread renews while the member keeps polling. When the member dies, its lease lapses after
+``session_timeout_s``; when it is alive but stops polling for ``max_poll_interval_s``, the
+heartbeat stops renewing. Either way another member then takes over from the committed offset,
+as a Kafka rebalance would. Spreading one group's work across machines is what the Kafka backend
+is for.
 """
 
 from __future__ import annotations
@@ -43,8 +52,12 @@ CREATE TABLE IF NOT EXISTS group_leases (
     PRIMARY KEY (group_id, topic)
 );
 """
-_PARTITION = 0
+PARTITION = 0  # every embedded topic has exactly one partition
+DEFAULT_SESSION_TIMEOUT_S = 10.0
+DEFAULT_MAX_POLL_INTERVAL_S = 900.0
+_BUSY_TIMEOUT_S = 10.0  # how long a write waits for another writer's lock
 _IDLE_POLL_S = 0.05  # how often an idle consumer looks for messages from other processes
+_HEARTBEATS_PER_SESSION = 3
 # Publishers in this process wake consumers in this process at once.
 _published = threading.Condition()
 
@@ -62,10 +75,10 @@ class _Connections:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")  # a published message survives power loss
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -93,10 +106,6 @@ class _Immediate:
         self._conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
-def _transaction(conn: sqlite3.Connection) -> _Immediate:
-    return _Immediate(conn)
-
-
 class EmbeddedBus:
     """The embedded backend.
 
@@ -105,54 +114,81 @@ class EmbeddedBus:
     path
         The SQLite file; created if missing.
     session_timeout_s
-        How long a group member may go without a heartbeat before another takes over.
+        How long a dead group member keeps its topics before another member takes over.
+    max_poll_interval_s
+        How long a live member may go without polling before it gives its topics up.
     """
 
-    def __init__(self, path: Path, *, session_timeout_s: float = 10.0) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        session_timeout_s: float = DEFAULT_SESSION_TIMEOUT_S,
+        max_poll_interval_s: float = DEFAULT_MAX_POLL_INTERVAL_S,
+    ) -> None:
         self._connections = _Connections(path)
         self._session_timeout_s = session_timeout_s
+        self._max_poll_interval_s = max_poll_interval_s
+        self._consumers: list[EmbeddedConsumer] = []
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             self._connections.get().executescript(_SCHEMA)
-        except sqlite3.Error as exc:
+        except (OSError, sqlite3.Error) as exc:
             raise BusUnavailable(f"embedded bus {path}: {exc}") from exc
 
     def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
-        with _transaction(self._connections.get()) as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, 1)",
-                [(t.name,) for t in topics],
-            )
+        """Record the topics; each has one partition whatever the spec asks for."""
+        try:
+            with _Immediate(self._connections.get()) as conn:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO topics (name, partitions) VALUES (?, ?)",
+                    [(str(t.name), 1) for t in topics],
+                )
+        except sqlite3.Error as exc:
+            raise BusUnavailable(f"embedded bus: ensuring topics: {exc}") from exc
 
     def publisher(self) -> EmbeddedPublisher:
         return EmbeddedPublisher(self._connections)
 
     def consumer(self, topics: Sequence[str], group_id: str) -> EmbeddedConsumer:
-        return EmbeddedConsumer(
-            self._connections, [str(t) for t in topics], group_id, self._session_timeout_s
+        consumer = EmbeddedConsumer(
+            self._connections,
+            [str(t) for t in topics],
+            group_id,
+            session_timeout_s=self._session_timeout_s,
+            max_poll_interval_s=self._max_poll_interval_s,
         )
+        self._consumers.append(consumer)
+        return consumer
 
     def close(self) -> None:
+        """Close the consumers still open (releasing their leases), then the connections."""
+        for consumer in self._consumers:
+            consumer.close()
+        self._consumers.clear()
         self._connections.close()
 
 
 class EmbeddedPublisher:
+    """Appends to the log; ``publish`` returns once SQLite has committed the message."""
+
     def __init__(self, connections: _Connections) -> None:
         self._connections = connections
 
     def publish(
         self, topic: str, key: str, value: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
+        # latin-1 maps every byte to one character and back: any header bytes survive JSON.
         encoded = json.dumps({k: v.decode("latin-1") for k, v in (headers or {}).items()})
         try:
-            with _transaction(self._connections.get()) as conn:
+            with _Immediate(self._connections.get()) as conn:
                 conn.execute(
                     "INSERT INTO messages (topic, key, value, headers, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (topic, key, value, encoded, time.time()),
+                    (str(topic), key, value, encoded, time.time()),
                 )
         except sqlite3.Error as exc:
-            raise BusUnavailable(f"embedded bus: {exc}") from exc
+            raise BusUnavailable(f"embedded bus: publishing to {topic}: {exc}") from exc
         with _published:
             _published.notify_all()
 
@@ -168,15 +204,19 @@ class EmbeddedConsumer:
         connections: _Connections,
         topics: list[str],
         group_id: str,
+        *,
         session_timeout_s: float,
+        max_poll_interval_s: float,
     ) -> None:
         self._connections = connections
         self._topics = topics
         self._group = group_id
         self._member = uuid.uuid4().hex
         self._session_timeout_s = session_timeout_s
+        self._max_poll_interval_s = max_poll_interval_s
         # Next offset to hand out per topic while this member holds the topic's lease.
         self._positions: dict[str, int] = {}
+        self._last_poll = time.monotonic()
         self._closed = threading.Event()
         self._heartbeat = threading.Thread(
             target=self._beat, name=f"bus-heartbeat-{group_id}", daemon=True
@@ -184,37 +224,52 @@ class EmbeddedConsumer:
         self._heartbeat.start()
 
     def poll(self, timeout_s: float, max_messages: int = 16) -> list[Message]:
+        """Messages after this member's position, waiting up to ``timeout_s`` for one."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            messages = self._fetch(max_messages)
+        while not self._closed.is_set():
+            self._last_poll = time.monotonic()
+            try:
+                messages = self._fetch(max_messages)
+            except sqlite3.Error as exc:
+                raise BusUnavailable(f"embedded bus: polling {self._topics}: {exc}") from exc
             remaining = deadline - time.monotonic()
-            if messages or remaining <= 0 or self._closed.is_set():
+            if messages or remaining <= 0:
                 return messages
             with _published:
                 _published.wait(min(remaining, _IDLE_POLL_S))
+        return []
 
     def commit(self, message: Message) -> None:
-        with _transaction(self._connections.get()) as conn:
-            if not self._holds(conn, message.topic):
-                log.warning(
-                    "commit skipped: this member no longer owns the topic; it will be redelivered",
-                    extra={"group": self._group, "topic": message.topic, "offset": message.offset},
+        try:
+            with _Immediate(self._connections.get()) as conn:
+                if self._lease_holder(conn, message.topic) != self._member:
+                    log.warning(
+                        "commit dropped: another member owns the topic and will redeliver",
+                        extra={
+                            "group": self._group,
+                            "topic": message.topic,
+                            "offset": message.offset,
+                            "key": message.key,
+                        },
+                    )
+                    self._positions.pop(message.topic, None)
+                    return
+                conn.execute(
+                    "INSERT INTO group_offsets (group_id, topic, committed) VALUES (?, ?, ?)"
+                    " ON CONFLICT (group_id, topic) DO UPDATE SET committed = excluded.committed",
+                    (self._group, message.topic, message.offset + 1),
                 )
-                self._positions.pop(message.topic, None)
-                return
-            conn.execute(
-                "INSERT INTO group_offsets (group_id, topic, committed) VALUES (?, ?, ?)"
-                " ON CONFLICT (group_id, topic) DO UPDATE SET committed = excluded.committed",
-                (self._group, message.topic, message.offset + 1),
-            )
+        except sqlite3.Error as exc:
+            raise BusUnavailable(f"embedded bus: commit {message.topic}: {exc}") from exc
 
     def close(self) -> None:
+        """Stop the heartbeat and release this member's topics to the others at once."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._heartbeat.join()
         try:
-            with _transaction(self._connections.get()) as conn:
+            with _Immediate(self._connections.get()) as conn:
                 conn.execute(
                     "DELETE FROM group_leases WHERE group_id = ? AND member = ?",
                     (self._group, self._member),
@@ -230,7 +285,7 @@ class EmbeddedConsumer:
         for topic in self._topics:
             if len(messages) >= limit:
                 break
-            position = self._acquire(conn, topic)
+            position = self._position(conn, topic)
             if position is None:
                 continue
             rows = conn.execute(
@@ -240,63 +295,71 @@ class EmbeddedConsumer:
             ).fetchall()
             for offset, key, value, headers in rows:
                 decoded = tuple((k, v.encode("latin-1")) for k, v in json.loads(headers).items())
-                messages.append(Message(topic, key, bytes(value), decoded, _PARTITION, offset))
+                messages.append(Message(topic, key, bytes(value), decoded, PARTITION, offset))
             if rows:
                 self._positions[topic] = rows[-1][0] + 1
         return messages
 
-    def _acquire(self, conn: sqlite3.Connection, topic: str) -> int | None:
-        """This member's position in ``topic`` if it holds (or could take) the lease."""
-        if topic in self._positions:
+    def _position(self, conn: sqlite3.Connection, topic: str) -> int | None:
+        """This member's next offset in ``topic``, or ``None`` while another member owns it."""
+        holder = self._lease_holder(conn, topic)
+        if holder == self._member and topic in self._positions:
             return self._positions[topic]
-        now = time.time()
-        with _transaction(conn):
-            lease = conn.execute(
-                "SELECT member, expires_at FROM group_leases WHERE group_id = ? AND topic = ?",
-                (self._group, topic),
-            ).fetchone()
-            if lease is not None and lease[0] != self._member and lease[1] > now:
+        self._positions.pop(topic, None)
+        if holder is not None and holder != self._member:
+            return None
+        with _Immediate(conn):  # take the free lease; check again under the write lock
+            holder = self._lease_holder(conn, topic)
+            if holder is not None and holder != self._member:
                 return None
             conn.execute(
                 "INSERT INTO group_leases (group_id, topic, member, expires_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (group_id, topic) DO UPDATE"
                 " SET member = excluded.member, expires_at = excluded.expires_at",
-                (self._group, topic, self._member, now + self._session_timeout_s),
+                (self._group, topic, self._member, time.time() + self._session_timeout_s),
             )
             committed = conn.execute(
                 "SELECT committed FROM group_offsets WHERE group_id = ? AND topic = ?",
                 (self._group, topic),
             ).fetchone()
-        position = committed[0] if committed else 0
+        position = int(committed[0]) if committed else 0
         self._positions[topic] = position
+        log.info(
+            "consumer took over a topic",
+            extra={"group": self._group, "topic": topic, "offset": position},
+        )
         return position
 
-    def _holds(self, conn: sqlite3.Connection, topic: str) -> bool:
+    def _lease_holder(self, conn: sqlite3.Connection, topic: str) -> str | None:
+        """The member holding ``topic`` for this group, or ``None`` if the lease is free."""
         row = conn.execute(
-            "SELECT member FROM group_leases WHERE group_id = ? AND topic = ?",
+            "SELECT member, expires_at FROM group_leases WHERE group_id = ? AND topic = ?",
             (self._group, topic),
         ).fetchone()
-        return row is not None and row[0] == self._member
+        if row is None or (row[0] != self._member and row[1] <= time.time()):
+            return None
+        return str(row[0])
 
     def _beat(self) -> None:
-        """Renew this member's leases while it lives; drop topics whose lease was lost."""
-        interval = self._session_timeout_s / 3
+        """Renew this member's leases while it polls; let them lapse once it stops."""
+        interval = self._session_timeout_s / _HEARTBEATS_PER_SESSION
+        stalled = False
         while not self._closed.wait(interval):
+            idle_s = time.monotonic() - self._last_poll
+            if idle_s > self._max_poll_interval_s:
+                if not stalled:
+                    log.warning(
+                        "consumer stopped polling; its topics go to another member",
+                        extra={"group": self._group, "idle_s": round(idle_s, 1)},
+                    )
+                stalled = True
+                continue
+            stalled = False
             try:
-                with _transaction(self._connections.get()) as conn:
+                with _Immediate(self._connections.get()) as conn:
                     conn.execute(
                         "UPDATE group_leases SET expires_at = ? WHERE group_id = ? AND member = ?",
                         (time.time() + self._session_timeout_s, self._group, self._member),
                     )
-                    owned = {
-                        row[0]
-                        for row in conn.execute(
-                            "SELECT topic FROM group_leases WHERE group_id = ? AND member = ?",
-                            (self._group, self._member),
-                        )
-                    }
             except sqlite3.Error:
                 log.exception("embedded bus heartbeat failed", extra={"group": self._group})
-                continue
-            for topic in [t for t in self._positions if t not in owned]:
-                self._positions.pop(topic, None)

@@ -3,8 +3,9 @@ production and any Kafka-protocol broker in tests behave alike.
 
 Topics are created explicitly, with their partition counts, at service start
 (:meth:`KafkaBus.ensure_topics`); ``publish`` never creates them. Clients are created lazily and
-re-created after a failure, so a node started while the broker is down keeps running and
-catches up when it returns.
+the producer is re-created after a failure, so a node started while the broker is down keeps
+running and catches up when it returns. Nothing here relies on end offsets, lag,
+``create_partitions`` or ``describe_groups``.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from neurogate.bus import BusUnavailable, Message, TopicSpec
+from neurogate.bus import MS_PER_S, BusUnavailable, Message, TopicSpec
 from neurogate.settings import BusSettings
 
 log = logging.getLogger(__name__)
 
+_NO_ERROR = 0
 _TOPIC_ALREADY_EXISTS = TopicAlreadyExistsError.errno
+_NO_LEADER_EPOCH = -1
+_EXPIRY_GRACE_S = 1.0  # beyond the delivery timeout, so the producer expires a record first
+# kafka-python wants a request to outlive a session, or a group join could time out.
+_REQUEST_OVER_SESSION_MS = 5000
 
 
 def _client_config(settings: BusSettings) -> dict[str, Any]:
@@ -31,32 +37,41 @@ def _client_config(settings: BusSettings) -> dict[str, Any]:
         "client_id": settings.kafka_client_id,
         "security_protocol": settings.kafka_security_protocol,
         "request_timeout_ms": settings.kafka_request_timeout_ms,
-        # How long a new client waits for a first broker: a down broker fails fast.
+        # How long a new client waits for a first broker: a down broker fails within a request.
         "bootstrap_timeout_ms": settings.kafka_request_timeout_ms,
     }
 
 
 class KafkaBus:
+    """The Kafka backend; it holds no connection of its own."""
+
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
 
     def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
+        """Create the missing topics; an existing topic keeps its partitions as they are."""
         wanted = {
-            t.name: {"num_partitions": t.partitions, "replication_factor": t.replication_factor}
+            str(t.name): {
+                "num_partitions": t.partitions,
+                "replication_factor": t.replication_factor,
+            }
             for t in topics
         }
+        if not wanted:
+            return
         try:
             admin = KafkaAdminClient(**_client_config(self._settings))
         except KafkaError as exc:
-            raise BusUnavailable(f"kafka: {exc}") from exc
+            raise BusUnavailable(f"kafka: connecting to create topics: {exc!r}") from exc
         try:
+            # A dict of options: kafka-python 3 deprecates the NewTopic list form.
             response = admin.create_topics(wanted, raise_errors=False)
         except KafkaError as exc:
-            raise BusUnavailable(f"kafka: creating topics {sorted(wanted)}: {exc}") from exc
+            raise BusUnavailable(f"kafka: creating topics {sorted(wanted)}: {exc!r}") from exc
         finally:
             admin.close()
         for topic in response.get("topics", []):
-            if topic["error_code"] not in (0, _TOPIC_ALREADY_EXISTS):
+            if topic["error_code"] not in (_NO_ERROR, _TOPIC_ALREADY_EXISTS):
                 raise BusUnavailable(
                     f"kafka: cannot create topic {topic['name']}: error {topic['error_code']}"
                     f" {topic.get('error_message') or ''}"
@@ -73,78 +88,80 @@ class KafkaBus:
 
 
 class KafkaPublisher:
-    """Publishes with ``acks=all`` and waits for the broker's acknowledgement."""
+    """Publishes with ``acks=all`` and waits for the broker's acknowledgement.
+
+    The producer is created on first use and dropped after any failure, so the next
+    ``publish`` starts afresh (kafka-python raises ``NoBrokersAvailable`` from the constructor
+    when no broker is up; a restarted broker may have lost the producer's state).
+    """
 
     def __init__(self, settings: BusSettings) -> None:
         self._settings = settings
+        self._timeout_s = settings.kafka_request_timeout_ms / MS_PER_S
         self._producer: KafkaProducer | None = None
-
-    def _connect(self) -> KafkaProducer:
-        if self._producer is None:
-            timeout = self._settings.kafka_request_timeout_ms
-            self._producer = KafkaProducer(
-                **_client_config(self._settings),
-                acks="all",
-                max_block_ms=timeout,
-                delivery_timeout_ms=timeout + 1000,
-                linger_ms=0,
-            )
-        return self._producer
 
     def publish(
         self, topic: str, key: str, value: bytes, headers: Mapping[str, bytes] | None = None
     ) -> None:
-        timeout_s = self._settings.kafka_request_timeout_ms / 1000
         try:
             future = self._connect().send(
-                topic, key=key.encode(), value=value, headers=list((headers or {}).items())
+                str(topic), key=key.encode(), value=value, headers=list((headers or {}).items())
             )
-            future.get(timeout=timeout_s + 2)
+            # The producer expires the record after its delivery timeout; waiting a little
+            # longer lets that happen first, so nothing of it is left behind in the producer.
+            future.get(timeout=self._timeout_s + _EXPIRY_GRACE_S)
         except KafkaError as exc:
-            self.close()  # start afresh next time: the broker may have restarted empty
+            self.close()
             raise BusUnavailable(f"kafka: publishing to {topic}: {exc!r}") from exc
 
     def close(self) -> None:
+        """Send what is pending (for at most about a request timeout), then disconnect."""
         producer, self._producer = self._producer, None
-        if producer is not None:
-            producer.close(timeout=1)
+        if producer is None:
+            return
+        try:
+            producer.close(timeout=self._timeout_s + _EXPIRY_GRACE_S)
+        except KafkaError as exc:  # kafka-python 3.0.12 raises when records are still pending
+            log.warning("kafka producer closed with records unsent", extra={"error": repr(exc)})
+
+    def _connect(self) -> KafkaProducer:
+        if self._producer is None:
+            timeout_ms = self._settings.kafka_request_timeout_ms
+            self._producer = KafkaProducer(
+                **_client_config(self._settings),
+                acks="all",
+                max_block_ms=timeout_ms,
+                delivery_timeout_ms=timeout_ms,
+                linger_ms=0,
+            )
+        return self._producer
 
 
 class KafkaGroupConsumer:
-    """A consumer-group member; offsets are committed explicitly, after processing."""
+    """A consumer-group member; offsets are committed explicitly, after processing.
+
+    The client is created on the first ``poll``, and again on a later one if the broker could
+    not be reached, so a worker started before the broker waits for it instead of failing.
+    """
 
     def __init__(self, settings: BusSettings, topics: list[str], group_id: str) -> None:
-        config = _client_config(settings)
-        # kafka-python requires requests to outlive a session.
-        config["request_timeout_ms"] = max(
-            settings.kafka_request_timeout_ms, settings.kafka_session_timeout_ms + 5000
-        )
-        try:
-            self._consumer = KafkaConsumer(
-                *topics,
-                **config,
-                group_id=group_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                session_timeout_ms=settings.kafka_session_timeout_ms,
-                heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-                max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-            )
-        except KafkaError as exc:
-            raise BusUnavailable(f"kafka: joining group {group_id}: {exc}") from exc
+        self._settings = settings
+        self._topics = topics
+        self._group = group_id
+        self._consumer: KafkaConsumer | None = None
 
     def poll(self, timeout_s: float, max_messages: int = 16) -> list[Message]:
         try:
-            batches = self._consumer.poll(
-                timeout_ms=int(timeout_s * 1000), max_records=max_messages
+            batches = self._connect().poll(
+                timeout_ms=int(timeout_s * MS_PER_S), max_records=max_messages
             )
         except KafkaError as exc:
-            raise BusUnavailable(f"kafka: poll: {exc}") from exc
+            raise BusUnavailable(f"kafka: polling {self._topics}: {exc!r}") from exc
         return [
             Message(
                 topic=record.topic,
                 key=record.key.decode() if record.key is not None else "",
-                value=record.value,
+                value=record.value if record.value is not None else b"",
                 headers=tuple((k, v or b"") for k, v in record.headers or ()),
                 partition=record.partition,
                 offset=record.offset,
@@ -154,13 +171,52 @@ class KafkaGroupConsumer:
         ]
 
     def commit(self, message: Message) -> None:
+        ids = {
+            "group": self._group,
+            "topic": message.topic,
+            "partition": message.partition,
+            "offset": message.offset,
+            "key": message.key,
+        }
+        if self._consumer is None:
+            log.warning("commit dropped: this consumer is not in its group", extra=ids)
+            return
         partition = TopicPartition(message.topic, message.partition)
+        offsets = {partition: OffsetAndMetadata(message.offset + 1, "", _NO_LEADER_EPOCH)}
         try:
-            self._consumer.commit({partition: OffsetAndMetadata(message.offset + 1, "", -1)})
+            self._consumer.commit(offsets)
+        except CommitFailedError:
+            log.warning("commit dropped: the group rebalanced; the new owner redelivers", extra=ids)
         except KafkaError as exc:
             raise BusUnavailable(
-                f"kafka: commit {message.topic}/{message.partition}: {exc}"
+                f"kafka: commit {message.topic}/{message.partition}@{message.offset}: {exc!r}"
             ) from exc
 
     def close(self) -> None:
-        self._consumer.close()
+        """Leave the group, so that its partitions go to the other members at once."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            consumer.close()
+
+    def _connect(self) -> KafkaConsumer:
+        if self._consumer is None:
+            settings = self._settings
+            config = _client_config(settings)
+            config["request_timeout_ms"] = max(
+                settings.kafka_request_timeout_ms,
+                settings.kafka_session_timeout_ms + _REQUEST_OVER_SESSION_MS,
+            )
+            try:
+                self._consumer = KafkaConsumer(
+                    *self._topics,
+                    **config,
+                    group_id=self._group,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    session_timeout_ms=settings.kafka_session_timeout_ms,
+                    heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+                    max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+                )
+            except KafkaError as exc:
+                raise BusUnavailable(f"kafka: joining group {self._group}: {exc!r}") from exc
+        return self._consumer

@@ -3,7 +3,9 @@
 A handler raises :class:`PoisonMessage` for a message that can never be processed (it fails
 schema parsing, say): it goes to the topic's dead-letter topic at once. Any other exception is
 retried with backoff; after ``max_attempts`` the message is dead-lettered too, so one bad message
-never blocks its partition. A message is committed only once it is handled or dead-lettered.
+never blocks its partition. A message is committed only once it is handled or dead-lettered: if
+the dead-letter topic cannot be written, the loop retries that and commits nothing, and a
+message left unsettled when the loop stops is delivered again after a restart.
 """
 
 from __future__ import annotations
@@ -21,20 +23,11 @@ ERROR_HEADER = "x-neurogate-error"
 SOURCE_TOPIC_HEADER = "x-neurogate-source-topic"
 SOURCE_PARTITION_HEADER = "x-neurogate-source-partition"
 SOURCE_OFFSET_HEADER = "x-neurogate-source-offset"
-_MAX_ERROR_BYTES = 4000
+_MAX_ERROR_BYTES = 4000  # keeps a long traceback text from bloating the dead letter
 
 
 class PoisonMessage(Exception):
     """The message can never be processed; retrying is pointless."""
-
-
-def _ids(message: Message) -> dict[str, object]:
-    return {
-        "topic": message.topic,
-        "partition": message.partition,
-        "offset": message.offset,
-        "key": message.key,
-    }
 
 
 def consume(
@@ -46,9 +39,31 @@ def consume(
     max_attempts: int,
     poll_timeout_s: float = 1.0,
     retry_backoff_s: float = 1.0,
+    heartbeat: Callable[[], None] = lambda: None,
 ) -> None:
-    """Handle messages until ``stop`` is set; the message in hand is finished first."""
+    """Handle messages until ``stop`` is set, finishing the message in hand first.
+
+    Parameters
+    ----------
+    consumer
+        Where messages come from; each is committed once handled or dead-lettered.
+    publisher
+        Where dead letters go (``dead_letter_topic(message.topic)``).
+    handler
+        Processes one message; raises :class:`PoisonMessage` for one that can never succeed.
+    stop
+        Set it (on SIGTERM, say) to end the loop; waits between retries end early too.
+    max_attempts
+        Calls of ``handler`` for one message before it is dead-lettered.
+    poll_timeout_s
+        Longest wait for new messages, which bounds how long ``stop`` goes unnoticed when idle.
+    retry_backoff_s
+        Wait after a failure; the n-th retry of a handler waits n times this.
+    heartbeat
+        Called before each poll: a liveness signal that stops when the loop hangs.
+    """
     while not stop.is_set():
+        heartbeat()
         try:
             messages = consumer.poll(poll_timeout_s)
         except BusUnavailable as exc:
@@ -56,14 +71,17 @@ def consume(
             stop.wait(retry_backoff_s)
             continue
         for message in messages:
-            settled = _process(
+            # The rest of the batch is not committed: it is delivered again after a restart.
+            if stop.is_set():
+                return
+            settled = _settle(
                 message, consumer, publisher, handler, stop, max_attempts, retry_backoff_s
             )
             if not settled:
-                return  # stopped while the message could not be settled: it will be redelivered
+                return
 
 
-def _process(
+def _settle(
     message: Message,
     consumer: Consumer,
     publisher: Publisher,
@@ -72,51 +90,48 @@ def _process(
     max_attempts: int,
     backoff_s: float,
 ) -> bool:
-    """Handle one message until it is committed (True) or ``stop`` interrupts (False)."""
-    attempt = 0
-    while True:
-        attempt += 1
+    """Handle or dead-letter ``message``, then commit it; ``False`` if ``stop`` came first."""
+    failure: str | None = None
+    for attempt in range(1, max_attempts + 1):
         try:
             handler(message)
-            break
         except PoisonMessage as exc:
-            log.error("poison message", extra={**_ids(message), "error": str(exc)})
-            if not _dead_letter(message, publisher, str(exc), stop, backoff_s):
-                return False
+            failure = str(exc) or type(exc).__name__
+            log.error("poison message", extra={**_ids(message), "error": failure})
             break
         except Exception as exc:  # any failure of the unit of work: retry, then dead-letter
             log.exception("handler failed", extra={**_ids(message), "attempt": attempt})
-            if attempt >= max_attempts:
-                reason = f"failed {attempt} times; last error: {exc!r}"
-                if not _dead_letter(message, publisher, reason, stop, backoff_s):
-                    return False
-                break
-            if stop.wait(backoff_s * attempt):
+            failure = f"failed {attempt} times; last error: {exc!r}"
+            if attempt < max_attempts and stop.wait(backoff_s * attempt):
                 return False
-    return _commit(message, consumer, stop, backoff_s)
+        else:
+            failure = None
+            break
+    if failure is not None and not _dead_letter(message, publisher, failure, stop, backoff_s):
+        return False
+    return _until_done(lambda: consumer.commit(message), message, "commit", stop, backoff_s)
 
 
 def _dead_letter(
-    message: Message, publisher: Publisher, reason: str, stop: threading.Event, backoff_s: float
+    message: Message, publisher: Publisher, failure: str, stop: threading.Event, backoff_s: float
 ) -> bool:
+    """Publish ``message`` unchanged to its dead-letter topic, saying why and where it was."""
+    target = dead_letter_topic(message.topic)
     headers = {
         **dict(message.headers),
-        ERROR_HEADER: reason.encode()[:_MAX_ERROR_BYTES],
+        ERROR_HEADER: failure.encode()[:_MAX_ERROR_BYTES],
         SOURCE_TOPIC_HEADER: message.topic.encode(),
         SOURCE_PARTITION_HEADER: str(message.partition).encode(),
         SOURCE_OFFSET_HEADER: str(message.offset).encode(),
     }
-    target = dead_letter_topic(message.topic)
 
     def send() -> None:
         publisher.publish(target, message.key, message.value, headers)
-        log.warning("message dead-lettered", extra={**_ids(message), "dlq": target})
 
-    return _until_done(send, message, "dead-letter", stop, backoff_s)
-
-
-def _commit(message: Message, consumer: Consumer, stop: threading.Event, backoff_s: float) -> bool:
-    return _until_done(lambda: consumer.commit(message), message, "commit", stop, backoff_s)
+    if not _until_done(send, message, "dead-letter", stop, backoff_s):
+        return False
+    log.warning("message dead-lettered", extra={**_ids(message), "dead_letter_topic": target})
+    return True
 
 
 def _until_done(
@@ -126,12 +141,25 @@ def _until_done(
     stop: threading.Event,
     backoff_s: float,
 ) -> bool:
-    """Run ``action`` until the bus takes it; at least once, even when stopping."""
+    """Run ``action`` until the bus takes it (at least once, even when stopping)."""
     while True:
         try:
             action()
             return True
         except BusUnavailable as exc:
-            log.warning(f"{what} failed; will retry", extra={**_ids(message), "error": str(exc)})
+            log.warning(
+                "%s failed; not committed, will retry",
+                what,
+                extra={**_ids(message), "error": str(exc)},
+            )
         if stop.wait(backoff_s):
             return False
+
+
+def _ids(message: Message) -> dict[str, object]:
+    return {
+        "topic": message.topic,
+        "partition": message.partition,
+        "offset": message.offset,
+        "key": message.key,
+    }

@@ -1,0 +1,58 @@
+"""What the analysis of one study found: the contract between the worker, the API and exports."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.uids import DicomUID
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelVersion(_Strict):
+    name: str
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SeriesChoice(_Strict):
+    role: str  # T1, T1CE, T2, FLAIR
+    series_instance_uid: DicomUID
+    reasons: list[str]
+
+
+class DetectionFinding(_Strict):
+    tumour: bool
+    probability: float = Field(ge=0, le=1)
+    series_role: str
+
+
+class ClassificationFinding(_Strict):
+    label: str
+    probabilities: dict[str, float]
+    series_role: str
+
+
+class SegmentationFinding(_Strict):
+    volumes_ml: dict[str, float]  # WT, TC, ET
+    # On the reference series: the instance with the largest whole-tumour area, and areas per
+    # instance (mm2) for the instances that show tumour.
+    largest_tumour_sop_instance_uid: DicomUID | None = None
+    slice_areas_mm2: dict[str, float] = Field(default_factory=dict)
+    reference_role: str
+
+
+class Findings(_Strict):
+    schema_version: int = 1
+    study_instance_uid: DicomUID
+    selected: list[SeriesChoice]
+    missing: list[str]
+    rejected: dict[str, str]
+    detection: DetectionFinding | None = None
+    classification: ClassificationFinding | None = None
+    segmentation: SegmentationFinding | None = None
+    skipped: dict[str, str] = Field(default_factory=dict)  # stage -> why it did not run
+    models: dict[str, ModelVersion]
+    seconds: dict[str, float]
