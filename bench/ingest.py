@@ -2,9 +2,12 @@
 
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
 their ratio, and the listener's peak memory. Rounds alternate between the receivers so that
-machine noise hits both alike; the median round is reported.
+machine noise hits both alike; the median round is reported. ``--memory 500,2000`` instead
+sends studies of each size to a fresh listener and prints its peak memory for each: flat memory
+means the peaks do not grow with the number of images.
 
     .venv/bin/python bench/ingest.py --images 2000 --rounds 3
+    .venv/bin/python bench/ingest.py --memory 500,2000
 """
 
 from __future__ import annotations
@@ -119,45 +122,73 @@ def run_once(
     return seconds, peak
 
 
+def write_study(folder: Path, images: int, size: int) -> tuple[list[Path], float]:
+    """``images`` MR images in 4 series; the files and their size in MB."""
+    series = 4
+    study = write_mr_study(folder, series=series, slices=images // series, size=size)
+    return study.files, sum(f.stat().st_size for f in study.files) / 1e6
+
+
+def throughput(args: argparse.Namespace, data: Path) -> None:
+    files, megabytes = write_study(data, args.images, args.size)
+    print(
+        f"{len(files)} MR images, {megabytes:.0f} MB, {os.cpu_count()} CPUs, "
+        f"{args.rounds} alternating rounds, median reported\n"
+    )
+    print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
+    for associations in (1, args.associations):
+        times: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
+        peaks: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
+        for _ in range(args.rounds):
+            for name, start in (("dcmtk storescp", storescp), ("neurogate listener", listener)):
+                seconds, peak = run_once(start, files, associations)
+                times[name].append(seconds)
+                peaks[name].append(peak)
+        reference = statistics.median(times["dcmtk storescp"])
+        for name in times:
+            seconds = statistics.median(times[name])
+            print(
+                f"{name:<22}{associations:>7}{len(files) / seconds:>11.0f}"
+                f"{megabytes / seconds:>9.1f}{max(peaks[name]):>9.0f}"
+                f"{reference / seconds:>8.2f}"
+            )
+
+
+def memory(args: argparse.Namespace, data: Path) -> None:
+    """The listener's peak memory for studies of each size (flat: no growth with images)."""
+    sizes = [int(n) for n in args.memory.split(",")]
+    print(
+        f"listener peak memory, {args.associations} associations, "
+        f"images of {args.size}x{args.size}\n"
+    )
+    print(f"{'images':>7}{'MB sent':>9}{'images/s':>10}{'peak MB':>9}")
+    for images in sizes:
+        files, megabytes = write_study(data / str(images), images, args.size)
+        seconds, peak = run_once(listener, files, args.associations)
+        print(f"{len(files):>7}{megabytes:>9.0f}{len(files) / seconds:>10.0f}{peak:>9.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--size", type=int, default=256, help="rows = columns of each image")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument(
+        "--memory",
+        metavar="N,N",
+        help="peak memory of the listener alone for each number of images, e.g. 500,2000",
+    )
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} missing: run scripts/setup --test")
     (REPO / "var").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=REPO / "var") as data:
-        series = 4
-        study = write_mr_study(
-            Path(data), series=series, slices=args.images // series, size=args.size
-        )
-        files = study.files
-        megabytes = sum(f.stat().st_size for f in files) / 1e6
-        print(
-            f"{len(files)} MR images, {megabytes:.0f} MB, {os.cpu_count()} CPUs, "
-            f"{args.rounds} alternating rounds, median reported\n"
-        )
-        print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
-        for associations in (1, args.associations):
-            times: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
-            peaks: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
-            for _ in range(args.rounds):
-                for name, start in (("dcmtk storescp", storescp), ("neurogate listener", listener)):
-                    seconds, peak = run_once(start, files, associations)
-                    times[name].append(seconds)
-                    peaks[name].append(peak)
-            reference = statistics.median(times["dcmtk storescp"])
-            for name in times:
-                seconds = statistics.median(times[name])
-                print(
-                    f"{name:<22}{associations:>7}{len(files) / seconds:>11.0f}"
-                    f"{megabytes / seconds:>9.1f}{max(peaks[name]):>9.0f}"
-                    f"{reference / seconds:>8.2f}"
-                )
+        if args.memory:
+            memory(args, Path(data))
+        else:
+            throughput(args, Path(data))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,20 @@ import uuid
 from pathlib import Path
 from typing import cast
 
-from pydicom.uid import AllTransferSyntaxes
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
@@ -27,7 +40,27 @@ log = logging.getLogger(__name__)
 
 # Every transfer syntax pydicom knows: instances are stored as received, never decoded, so
 # compressed syntaxes (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE, deflate) cost nothing to accept.
-ACCEPTED_TRANSFER_SYNTAXES = [str(uid) for uid in AllTransferSyntaxes]
+# Every transfer syntax pydicom knows, in the order the listener prefers them when a sender
+# proposes several in one presentation context (pynetdicom takes the acceptor's first match):
+# explicit VR little endian, then the lossless compressed syntaxes (kept as the sender has them),
+# then the other uncompressed ones, implicit VR last; lossy syntaxes only when nothing else is
+# offered, so that no sender is invited to compress an image lossily on the way.
+_PREFERRED_FIRST = (
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    RLELossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+ACCEPTED_TRANSFER_SYNTAXES = [str(uid) for uid in _PREFERRED_FIRST] + [
+    str(uid) for uid in AllTransferSyntaxes if uid not in _PREFERRED_FIRST
+]
 VERIFICATION = "1.2.840.10008.1.1"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 Handler = EventHandlerType

@@ -14,12 +14,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.assembly import StudyTracker
 from dicom_listener.mpps import ProcedureStepSCP
+from dicom_listener.reactor import start_server
 from dicom_listener.scp import Handler, StorageSCP, build_ae, build_ssl_context
-from neurogate.bus import Bus, TopicSpec
-from neurogate.outbox import OutboxRelay
+from neurogate.bus import Bus
+from neurogate.outbox import service_relay
 from neurogate.settings import Settings
 from neurogate.storage import InstanceStore
-from schemas.topics import Topic, dead_letter_topic
+from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,14 @@ class ListenerService:
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
         self._settings = settings
         self.store = InstanceStore(settings.storage_root, fsync=settings.listener.fsync)
-        self.relay = OutboxRelay(
-            sessions,
-            bus.publisher(),
-            prepare=self._ensure_topics,
-            max_backoff_s=settings.bus.retry_max_backoff_seconds,
-        )
+        self.relay = service_relay(sessions, bus, settings.bus, PUBLISHED_TOPICS)
+        self._bus = bus  # the tests read events from it
         self.tracker = StudyTracker(
             sessions,
             self.store,
             quiet_seconds=settings.listener.study_quiet_seconds,
             on_completed=self.relay.wake,
         )
-        self._bus = bus
         self._storage = StorageSCP(
             self.store, self.tracker, min_free_mb=settings.listener.min_free_disk_mb
         )
@@ -81,15 +77,20 @@ class ListenerService:
             # files in the store's tmp/ lets the handler hard-link rather than copy them.
             _config.STORE_RECV_CHUNKED_DATASET = True
             tempfile.tempdir = str(self.store.tmp_dir)
+        # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
+        # DEBUG logs while holding the AE-wide lock: needless serialisation of the associations
+        # when those logs are off (neurogate.logging keeps pynetdicom at WARNING unless asked).
+        pynetdicom_logs = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+        _config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logs else "none"
         resumed = self.tracker.recover()
         handlers: list[Handler] = [
             *self._storage.handlers(),
             (evt.EVT_N_CREATE, self._mpps.on_n_create),
             (evt.EVT_N_SET, self._mpps.on_n_set),
         ]
-        self._server = build_ae(settings).start_server(
+        self._server = start_server(
+            build_ae(settings),
             (settings.host, settings.port),
-            block=False,
             evt_handlers=handlers,
             ssl_context=build_ssl_context(settings),
         )
@@ -126,14 +127,6 @@ class ListenerService:
         self.relay.close()
         self.tracker.tick()
         log.info("listener stopped")
-
-    def _ensure_topics(self) -> None:
-        bus = self._settings.bus
-        self._bus.ensure_topics(
-            TopicSpec(name, bus.topic_partitions, bus.topic_replication_factor)
-            for topic in PUBLISHED_TOPICS
-            for name in (str(topic), dead_letter_topic(topic))
-        )
 
     def _completion_loop(self) -> None:
         interval = self._settings.listener.completion_check_seconds

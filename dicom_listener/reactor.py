@@ -1,0 +1,542 @@
+"""Event-driven associations for pynetdicom acceptors (a small, pinned and tested shim).
+
+pynetdicom 3.0.4 runs two polling loops per association: the DUL thread sleeps 1 ms whenever
+it finds nothing to do (``DULServiceProvider.run_reactor``) and the association thread sleeps
+1 ms on every turn (``Association._run_reactor``). A C-STORE crosses the threads three times
+(request in, response handed over, response out), so the sleeps alone cost an association
+some 2 ms per instance, whatever the handler does.
+
+This module keeps pynetdicom's loops statement for statement and replaces only the sleeps with
+waits that end as soon as there is something to do:
+
+- the DUL thread waits in ``select()`` on the peer's socket and on a wake-up socket pair that
+  is written whenever a primitive or event is queued for it (``to_provider_queue``,
+  ``event_queue``) or it is told to stop;
+- the association thread waits on an event that is set whenever a DIMSE message or an ACSE
+  primitive is queued for it (``dimse.msg_queue``, ``dul.to_user_queue``) or it is killed.
+
+Both waits are bounded by :data:`MAX_IDLE_S`, so what pynetdicom checks by the clock (ARTIM
+and network timeouts, a dead DUL thread) is still noticed promptly. Two more per-instance
+costs go: a PDU is read with one ``recv`` rather than one per 4 kB, and a plain C-STORE-RSP
+is encoded directly (byte for byte what pynetdicom's pydicom-based encoder writes).
+
+:func:`start_server` goes through pynetdicom's extension point for servers
+(:meth:`~pynetdicom.ae.ApplicationEntity.make_server` with a ``request_handler`` class).
+The replaced methods are copies, so :func:`check_supported` refuses, at start-up, any
+pynetdicom other than the release and the source (by SHA-256) they were copied from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import queue
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+from copy import deepcopy
+from datetime import datetime
+from typing import Any, cast
+
+import pynetdicom
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.ae import ApplicationEntity
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import (
+    AssociationServer,
+    AssociationSocket,
+    RequestHandler,
+    ThreadedAssociationServer,
+)
+from pynetdicom.utils import make_target
+
+from dicom_listener.dimse_fast import FastDIMSEMessage
+
+# The pynetdicom release and the SHA-256 of each method whose loop is copied below.
+SUPPORTED_PYNETDICOM = "3.0.4"
+_UPSTREAM_DIGESTS = {
+    "DULServiceProvider.run_reactor": (
+        "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803"
+    ),
+    "DULServiceProvider.kill_dul": (
+        "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842"
+    ),
+    "DULServiceProvider.stop_dul": (
+        "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f"
+    ),
+    "Association._run_reactor": (
+        "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee"
+    ),
+    "DIMSEServiceProvider.send_msg": (
+        "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0"
+    ),
+    "RequestHandler._create_association": (
+        "05c8d12b79863cdbdb901ce37187b7030a0434c5cd89d219ed0bedbda679a61e"
+    ),
+    # Copied or reproduced by dicom_listener.dimse_fast
+    "DIMSEServiceProvider.receive_primitive": (
+        "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f"
+    ),
+    "DIMSEMessage.__init__": "b9c44307ebf25f196c1a13ef9273539444cb5f20207322544ab5feb4f6afda84",
+    "DIMSEMessage.decode_msg": "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
+    "DIMSEMessage.message_to_primitive": (
+        "f8f43d34e43450efa31bd308677b85b370f8ca7600c0e067e854f8095ce665ac"
+    ),
+    "dsutils.create_file_meta": (
+        "035ed415f5aeea15543cca3b0b7b2b6d5a3189bc807a0211f5c633bb356ab9e3"
+    ),
+    "pydicom.filewriter.write_file_meta_info": (
+        "0568f3155349513bbef9976e179831f8aa76591e0adaa36566a1a17947c667e5"
+    ),
+}
+# A PDV's item length (4) and context ID (1), and the message control header (1)
+_PDV_OVERHEAD = 6
+# Longest wait between two looks at pynetdicom's clocks and flags.
+MAX_IDLE_S = 0.05
+
+
+class UnsupportedPynetdicom(RuntimeError):
+    """The installed pynetdicom is not the one the reactors were copied from."""
+
+
+def _upstream() -> dict[str, Callable[..., Any]]:
+    return {
+        "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
+        "DULServiceProvider.kill_dul": DULServiceProvider.kill_dul,
+        "DULServiceProvider.stop_dul": DULServiceProvider.stop_dul,
+        "Association._run_reactor": Association._run_reactor,
+        "DIMSEServiceProvider.send_msg": DIMSEServiceProvider.send_msg,
+        "RequestHandler._create_association": RequestHandler._create_association,
+        "DIMSEServiceProvider.receive_primitive": DIMSEServiceProvider.receive_primitive,
+        "DIMSEMessage.__init__": DIMSEMessage.__init__,
+        "DIMSEMessage.decode_msg": DIMSEMessage.decode_msg,
+        "DIMSEMessage.message_to_primitive": DIMSEMessage.message_to_primitive,
+        "dsutils.create_file_meta": create_file_meta,
+        "pydicom.filewriter.write_file_meta_info": write_file_meta_info,
+    }
+
+
+def upstream_digests() -> dict[str, str]:
+    """SHA-256 of the source of each pynetdicom method this module replaces."""
+    return {
+        name: hashlib.sha256(inspect.getsource(method).encode()).hexdigest()
+        for name, method in _upstream().items()
+    }
+
+
+def check_supported() -> None:
+    """Raise :class:`UnsupportedPynetdicom` unless pynetdicom is the release copied here."""
+    if pynetdicom.__version__ != SUPPORTED_PYNETDICOM:
+        raise UnsupportedPynetdicom(
+            f"dicom_listener.reactor was written against pynetdicom {SUPPORTED_PYNETDICOM}, "
+            f"found {pynetdicom.__version__}: compare the methods named in _UPSTREAM_DIGESTS "
+            "with the new release's and update the copies and their digests"
+        )
+    changed = [
+        name for name, digest in upstream_digests().items() if _UPSTREAM_DIGESTS[name] != digest
+    ]
+    if changed:
+        raise UnsupportedPynetdicom(
+            f"pynetdicom {pynetdicom.__version__} differs from the copies in "
+            f"dicom_listener.reactor: {', '.join(changed)}"
+        )
+
+
+class _SignallingQueue(queue.Queue[Any]):
+    """A queue that calls ``notify`` after each ``put``."""
+
+    def __init__(self, notify: Callable[[], None]) -> None:
+        super().__init__()
+        self._notify = notify
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._notify()
+
+
+class _WakeUp:
+    """A socket pair that lets another thread interrupt a ``select()``."""
+
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    def set(self) -> None:
+        # A full buffer means a wake-up is pending already; a closed one, that the
+        # association is over.
+        with contextlib.suppress(OSError):
+            self._writer.send(b"\0")
+
+    def clear(self) -> None:
+        # Drain the pending wake-ups: the non-blocking read ends with BlockingIOError once empty
+        # (or OSError once the association's socket pair is closed).
+        with contextlib.suppress(OSError):
+            while self._reader.recv(4096):
+                continue
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+class _WholeReadSocket(AssociationSocket):
+    """pynetdicom's socket, reading each PDU with as few ``recv`` calls as the kernel allows.
+
+    pynetdicom reads 4 kB per call: some 30 calls (and as many releases and re-acquisitions of
+    the GIL, each of which can wait for another busy thread) per 128 kB image.
+    """
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes`` from the socket; fewer only if the peer closed the connection."""
+        sock = cast(socket.socket, self.socket)
+        # MSG_WAITALL: the kernel fills the whole buffer before returning (blocking sockets)
+        flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
+        buffer = bytearray(nr_bytes)
+        nr_read = 0
+        with memoryview(buffer) as view:
+            while nr_read < nr_bytes:
+                received = sock.recv_into(view[nr_read:], nr_bytes - nr_read, flags)
+                if not received:
+                    break  # connection broken: return what we have, as pynetdicom does
+                nr_read += received
+        del buffer[nr_read:]
+        return buffer
+
+
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+
+
+def _element(group: int, element: int, value: bytes) -> bytes:
+    """One implicit VR little endian element (the encoding of every DIMSE command set)."""
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+def _uid_value(uid: str) -> bytes:
+    value = uid.encode("ascii")
+    return value + b"\0" if len(value) % 2 else value
+
+
+def encode_store_response(primitive: C_STORE) -> bytes | None:
+    """The command set of a plain C-STORE-RSP, as pynetdicom would encode it.
+
+    ``None`` for a response this does not cover (one with an error comment or offending
+    element, or without its UIDs): pynetdicom's own, general encoder handles those.
+    """
+    if (
+        primitive.MessageIDBeingRespondedTo is None
+        or primitive.Status is None
+        or primitive.ErrorComment is not None
+        or primitive.OffendingElement is not None
+        or not primitive.AffectedSOPClassUID
+        or not primitive.AffectedSOPInstanceUID
+    ):
+        return None
+    body = b"".join(
+        (
+            _element(0x0000, 0x0002, _uid_value(primitive.AffectedSOPClassUID)),
+            _element(0x0000, 0x0100, struct.pack("<H", _C_STORE_RSP)),
+            _element(0x0000, 0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
+            _element(0x0000, 0x0800, struct.pack("<H", _NO_DATA_SET)),
+            _element(0x0000, 0x0900, struct.pack("<H", primitive.Status)),
+            _element(0x0000, 0x1000, _uid_value(primitive.AffectedSOPInstanceUID)),
+        )
+    )
+    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
+
+
+class _StoreResponseDIMSE(DIMSEServiceProvider):
+    """pynetdicom's DIMSE provider, encoding plain C-STORE responses without pydicom.
+
+    Requests are decoded by :class:`~dicom_listener.dimse_fast.FastDIMSEMessage`: pynetdicom's
+    ``receive_primitive`` creates a message only when none is in progress.
+
+    pynetdicom builds every response as a pydicom dataset and encodes it twice (once to measure
+    the group length): a third of a millisecond per instance, as long as the rest of the
+    listener's own work on it. Anything else, or any response while a handler is bound to
+    ``EVT_DIMSE_SENT`` (which expects pynetdicom's message object), takes pynetdicom's path.
+    """
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        if self.message is None:
+            self.message = FastDIMSEMessage()
+        super().receive_primitive(primitive)
+
+    def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
+        encoded = None
+        if isinstance(primitive, C_STORE) and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+            encoded = encode_store_response(primitive)
+        max_pdu = self.maximum_pdu_size
+        if encoded is None or (max_pdu and len(encoded) + _PDV_OVERHEAD > max_pdu):
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        # Message control header 0x03: command information, last fragment
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+        self.dul.send_pdu(pdata)
+
+
+class EventDrivenDUL(DULServiceProvider):
+    """pynetdicom's DUL provider, waiting on its socket instead of sleeping 1 ms per turn."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc)
+        self._wake_up = _WakeUp()
+        self.to_provider_queue = _SignallingQueue(self._wake_up.set)
+        self.event_queue = _SignallingQueue(self._wake_up.set)
+
+    def _wait_for_work(self) -> None:
+        """Return when the peer sent data, a primitive was queued, or after ``MAX_IDLE_S``."""
+        watched: list[Any] = [self._wake_up]
+        assoc_socket = self.socket
+        raw = assoc_socket.socket if assoc_socket is not None else None
+        if raw is not None and assoc_socket is not None and assoc_socket._is_connected:
+            if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                return  # decrypted bytes already buffered: select() would not see them
+            watched.append(raw)
+        try:
+            select.select(watched, [], [], MAX_IDLE_S)
+        except (OSError, ValueError):
+            time.sleep(self._run_loop_delay)  # socket closed under us: the loop notices
+        self._wake_up.clear()
+
+    def kill_dul(self) -> None:
+        """Kill the DUL reactor and stop the thread"""
+        self._kill_thread = True
+        self._wake_up.set()
+
+    def stop_dul(self) -> bool:
+        """Stop the reactor if current state is ``'Sta1'``"""
+        if self.state_machine.current_state == "Sta1":
+            self._kill_thread = True
+            self._wake_up.set()
+            while self.is_alive():
+                time.sleep(self._run_loop_delay)
+            return True
+        return False
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0.4's ``DULServiceProvider.run_reactor``; the sleep became a wait."""
+        try:
+            self._run_reactor_loop()
+        finally:
+            self._wake_up.close()
+
+    def _run_reactor_loop(self) -> None:
+        # Main DUL loop
+        self._idle_timer.start()
+        self.socket = cast("AssociationSocket", self.socket)
+        sleep = False
+
+        while True:
+            # Let the assoc reactor off the leash
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+
+            if sleep:
+                # Changed from pynetdicom: wait for work rather than sleep 1 ms
+                self._wait_for_work()
+
+            if self._kill_thread:
+                break
+
+            # Check the ARTIM timer first so its event is placed on the queue
+            #   ahead of any other events this loop
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+
+            # Check the connection for incoming data
+            try:
+                # We can either encode and send a primitive **OR**
+                #   receive and decode a PDU per loop of the reactor
+                if self._process_recv_primitive():  # encode (sent by state machine)
+                    pass
+                elif self._is_transport_event():  # receive and decode PDU
+                    self._idle_timer.restart()
+            except Exception as exc:  # noqa: BLE001 - pynetdicom's own handling, unchanged
+                pynetdicom.dul.LOGGER.error("Exception in DUL.run(), aborting association")
+                pynetdicom.dul.LOGGER.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                # Hard shutdown of the Association and DUL reactors
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+
+            # Check the event queue to see if there is anything to do
+            try:
+                event = self.event_queue.get(block=False)
+            # If the queue is empty, return to the start of the loop
+            except queue.Empty:
+                sleep = True
+                continue
+
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+class EventDrivenAssociation(Association):
+    """An acceptor association whose reactor waits for work instead of sleeping 1 ms per turn."""
+
+    def __init__(self, ae: ApplicationEntity, mode: str) -> None:
+        super().__init__(ae, mode)
+        self._activity = threading.Event()
+        self.dul = EventDrivenDUL(self)
+        self.network_timeout = ae.network_timeout  # the setter arms the new DUL's idle timer
+        self.dul.to_user_queue = _SignallingQueue(self._activity.set)
+        self.dimse = _StoreResponseDIMSE(self)
+        self.dimse.msg_queue = _SignallingQueue(self._activity.set)
+
+    def kill(self) -> None:
+        self._activity.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """pynetdicom 3.0.4's ``Association._run_reactor``; the sleep became a wait."""
+        log = pynetdicom.association.LOGGER
+        self._is_paused = False
+        while not self._kill:
+            # Changed from pynetdicom: wait for work rather than sleep 1 ms. Clearing after
+            # the wait and before looking at the queues loses no wake-up.
+            self._activity.wait(MAX_IDLE_S)
+            self._activity.clear()
+
+            # The reactor may be paused (send_*() from the acceptor, release)
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+
+            # Check with the DIMSE provider to see if a completely decoded
+            #   message is available
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, cast(int, context_id))
+
+            # Check for release request from the peer
+            if self.is_established and self.acse.is_release_requested():
+                # Send A-RELEASE response
+                self.acse.send_release(is_response=True)
+                log.info("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+
+            # Check for abort from either locally or the peer
+            if self.acse.is_aborted():
+                log_msg = "Association Aborted"
+                if self.acse.is_aborted("a-p-abort"):
+                    log_msg += " (A-P-ABORT)"
+                log.info(log_msg)
+                # Ensure that EVT_ASCE_RECV fires for subscribers
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+
+            # Check if the DULServiceProvider thread is still running
+            #   DUL.is_alive() is inherited from threading.thread
+            if not self.dul.is_alive():
+                self.kill()
+                return
+
+            # Check if network_timeout has expired
+            if self.dul.idle_timer_expired():
+                log.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+
+                self.kill()
+                return
+
+
+class EventDrivenRequestHandler(RequestHandler):
+    """Creates :class:`EventDrivenAssociation` acceptors; otherwise pynetdicom's handler."""
+
+    def _create_association(self) -> Association:
+        # pynetdicom 3.0.4's RequestHandler._create_association with our Association class
+        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
+        assoc._server = self.server
+
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+        assoc.name = f"AcceptorThread@{timestamp}"
+
+        sock = _WholeReadSocket(assoc, client_socket=self.request)
+        assoc.set_socket(sock)
+
+        # Association Acceptor object -> local AE
+        server = cast(AssociationServer, self.server)
+        assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
+        assoc.acceptor.ae_title = server.ae_title
+        assoc.acceptor.address_info = self.local
+        assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+
+        # Association Requestor object -> remote AE
+        assoc.requestor.address_info = self.remote
+
+        # Bind events to handlers
+        for event in server._handlers:
+            if event.is_intervention and server._handlers[event]:
+                assoc.bind(event, *server._handlers[event])
+            elif isinstance(event, evt.NotificationEvent):
+                for handler in server._handlers[event]:
+                    handler = cast(evt._HandlerBase, handler)
+                    assoc.bind(event, handler[0], handler[1])
+
+        return assoc
+
+
+def start_server(
+    ae: ApplicationEntity, address: tuple[str, int], **kwargs: Any
+) -> ThreadedAssociationServer:
+    """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations."""
+    check_supported()
+    server = ae.make_server(
+        address,
+        server_class=ThreadedAssociationServer,
+        request_handler=EventDrivenRequestHandler,
+        **kwargs,
+    )
+    timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+    thread = threading.Thread(
+        target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True
+    )
+    thread.start()
+    ae._servers.append(server)
+    return cast(ThreadedAssociationServer, server)
+
+
+__all__ = ["MAX_IDLE_S", "UnsupportedPynetdicom", "check_supported", "start_server"]
