@@ -67,7 +67,8 @@ def main() -> None:
                              image[T1CE][result.plane], result.index)  # fmt: skip
             seconds["grad-cam"].append(time.process_time() - started)
         started = time.process_time()
-        masks = predict.segment(models[Task.SEGMENTATION], image)
+        masks = predict.segment(models[Task.SEGMENTATION], image,
+                                manifests[Task.SEGMENTATION].window)  # fmt: skip
         seconds["segmentation"].append(time.process_time() - started)
         if tumour_type != "none":
             truth = {"WT": example.label > 0, "TC": np.isin(example.label, (1, 4)),

@@ -81,6 +81,15 @@ class ModelManifest:
         return manifest
 
     @property
+    def window(self) -> tuple[int, int, int] | None:
+        """The crop a segmentation network was trained on; inference slides it over the grid."""
+        window = self.architecture.get("window")
+        if window is None:
+            return None
+        k, j, i = (int(v) for v in window)
+        return k, j, i
+
+    @property
     def version_info(self) -> dict[str, str]:
         """What a result records about the model that produced it."""
         return {"name": self.name, "version": self.version, "sha256": self.sha256}

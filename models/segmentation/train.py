@@ -1,8 +1,10 @@
 """Train the segmentation U-Net: ``python -m models.segmentation.train``.
 
-Patches of the canonical grid, two thirds centred on tumour, left-right flips and per-contrast
-intensity jitter; loss is binary cross-entropy plus soft Dice on each of brain, WT, TC and ET.
-Writes ``weights.pth`` (state dict) and prints validation Dice on held-out examples as it goes.
+Crops of the canonical grid (64x80x64 by default; inference slides a window of the same size,
+see the manifest's ``window``, so instance normalisation sees what it learnt from), two thirds
+centred on tumour, left-right flips and per-contrast intensity jitter. The loss is binary
+cross-entropy plus soft Dice on each of brain, WT, TC and ET. Writes ``weights.pth`` (state
+dict) and prints validation Dice on held-out examples as it goes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.preprocessing import GRID_SHAPE
 from models.segmentation.unet3d import UNet3D
 
 PATCH = (64, 80, 64)
@@ -32,19 +35,25 @@ def load(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def random_patch(
-    image: np.ndarray, target: np.ndarray, rng: np.random.Generator
+    image: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    patch: tuple[int, int, int] = PATCH,
 ) -> tuple[np.ndarray, np.ndarray]:
     shape = np.array(image.shape[1:])
-    size = np.array(PATCH)
-    tumour = np.argwhere(target[1] > 0)
-    if len(tumour) and rng.random() < 0.67:
-        centre = tumour[rng.integers(len(tumour))]
+    size = np.array(patch)
+    if np.array_equal(size, shape):
+        x, y = image, target
     else:
-        brain = np.argwhere(target[0] > 0)
-        centre = brain[rng.integers(len(brain))]
-    start = np.clip(centre - size // 2 + rng.integers(-8, 9, 3), 0, shape - size)
-    sl = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
-    x, y = image[(slice(None), *sl)], target[(slice(None), *sl)]
+        tumour = np.argwhere(target[1] > 0)
+        if len(tumour) and rng.random() < 0.67:
+            centre = tumour[rng.integers(len(tumour))]
+        else:
+            brain = np.argwhere(target[0] > 0)
+            centre = brain[rng.integers(len(brain))]
+        start = np.clip(centre - size // 2 + rng.integers(-8, 9, 3), 0, shape - size)
+        sl = tuple(slice(s, s + n) for s, n in zip(start, size, strict=True))
+        x, y = image[(slice(None), *sl)], target[(slice(None), *sl)]
     if rng.random() < 0.5:  # left-right flip: i is the last axis
         x, y = x[..., ::-1], y[..., ::-1]
     x = x * rng.uniform(0.9, 1.1, (4, 1, 1, 1)).astype(np.float32)
@@ -69,11 +78,13 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def validate(net: UNet3D, paths: list[Path]) -> dict[str, float]:
     net.eval()
     scores: dict[str, list[float]] = {"brain": [], "WT": [], "TC": [], "ET": []}
+    device = next(net.parameters()).device
     for path in paths:
         image, target = load(path)
         if not target[1].any():
             continue
-        pred = torch.sigmoid(net(torch.from_numpy(image)[None]))[0].numpy() > 0.5
+        logits = net(torch.from_numpy(image)[None].to(device))
+        pred = torch.sigmoid(logits)[0].cpu().numpy() > 0.5
         for index, name in enumerate(scores):
             scores[name].append(dice(pred[index], target[index] > 0))
     net.train()
@@ -89,25 +100,38 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--base", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=1, help="patches per step")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--validate-every", type=int, default=200)
+    parser.add_argument(
+        "--patch", default=",".join(map(str, PATCH)), help=f"crop size k,j,i (grid: {GRID_SHAPE})"
+    )
     args = parser.parse_args()
+    k, j, i = (int(n) for n in args.patch.split(","))
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    net = UNet3D(base=args.base)
+    net = UNet3D(base=args.base).to(device)
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    validation = sorted(args.validation.glob("*.npz"))[:8]
+    validation = sorted(args.validation.glob("*.npz"))[:16]
     cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     started = time.time()
     for it in range(1, args.iterations + 1):
-        paths = sorted(args.examples.glob("*.npz"))
-        path = paths[rng.integers(len(paths))]
-        if path not in cache:
-            cache[path] = load(path)
-        x, y = random_patch(*cache[path], rng)
+        # The example set may still be growing while training starts: look again each step.
+        paths = sorted(args.examples.glob("*[0-9].npz"))
+        batch = []
+        for _ in range(args.batch):
+            path = paths[rng.integers(len(paths))]
+            if path not in cache:
+                cache[path] = load(path)
+            batch.append(random_patch(*cache[path], rng, (k, j, i)))
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+        y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
         for group in optimiser.param_groups:
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * it / args.iterations))
         optimiser.zero_grad()
-        loss = loss_fn(net(torch.from_numpy(x)[None]), torch.from_numpy(y)[None])
+        loss = loss_fn(net(x), y)
         loss.backward()
         optimiser.step()
         if it % 25 == 0:
@@ -116,9 +140,9 @@ def main() -> None:
                 f"{(time.time() - started) / it:.2f} s/it",
                 flush=True,
             )
-        if it % 200 == 0 or it == args.iterations:
+        if it % args.validate_every == 0 or it == args.iterations:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(net.state_dict(), args.out)
+            torch.save({k: v.cpu() for k, v in net.state_dict().items()}, args.out)
             if validation:
                 print(f"it {it} validation dice {validate(net, validation)}", flush=True)
 

@@ -7,6 +7,7 @@ on the canonical grid. Training seeds and evaluation seeds never overlap (see ``
 from __future__ import annotations
 
 import argparse
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +15,35 @@ import numpy as np
 from models.training.data import make_example
 
 
+def write_example(job: tuple[Path, int]) -> str:
+    out, seed = job
+    path = out / f"{seed:06d}.npz"
+    example = make_example(seed)
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(
+        partial, image=example.image, label=example.label, brain=example.brain,
+        tumour_type=example.tumour_type,
+    )  # fmt: skip
+    partial.rename(path)  # an interrupted run never leaves a truncated example behind
+    return f"{path.name} {example.tumour_type}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("var/training/examples"))
     parser.add_argument("--count", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0, help="first seed (evaluation: 100000)")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating examples")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    for seed in range(args.seed, args.seed + args.count):
-        path = args.out / f"{seed:06d}.npz"
-        if path.exists():
-            continue
-        example = make_example(seed)
-        np.savez_compressed(
-            path, image=example.image, label=example.label, brain=example.brain,
-            tumour_type=example.tumour_type,
-        )  # fmt: skip
-        print(path.name, example.tumour_type, flush=True)
+    jobs = [
+        (args.out, seed)
+        for seed in range(args.seed, args.seed + args.count)
+        if not (args.out / f"{seed:06d}.npz").exists()
+    ]
+    with Pool(args.workers) as pool:
+        for line in pool.imap_unordered(write_example, jobs):
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

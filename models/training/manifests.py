@@ -38,7 +38,7 @@ _MODELS: dict[str, dict[str, Any]] = {
         "input_shape": [4, 96, 120, 96],
         "preprocessing": "canonical",
         "labels": ["brain", "WT", "TC", "ET"],
-        "architecture": {"name": "unet3d", "base": 12},
+        "architecture": {"name": "unet3d", "base": 16, "window": [64, 80, 64]},
         "description": "Brain, whole tumour, tumour core, enhancing tumour from T1/T1CE/T2/FLAIR.",
     },
 }
