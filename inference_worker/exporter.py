@@ -1,0 +1,262 @@
+"""Delivery of result objects to the PACS: C-STORE per object and destination, recorded.
+
+Every (object, destination) pair has one ``exports`` row. The exporter sends the rows that are
+due, one association per destination, and records each outcome: ``sent`` with its DIMSE status,
+or another attempt later (the wait doubles, up to a maximum), or ``failed`` after the last
+attempt, parked until someone re-sends it from the API. A ``sent`` row is never sent again, so an
+export neither loops nor duplicates; the one window left (the PACS stored the object, then the
+node died before recording it) re-sends the same SOP Instance UID, which a PACS files once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from pydicom import dcmread
+from pynetdicom import AE
+from pynetdicom.association import Association
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from neurogate.db.models import Export, ExportStatus, ResultObject
+from neurogate.outbox import enqueue
+from neurogate.settings import PacsDestination, Settings
+from schemas.events import ExportOutcome
+from schemas.topics import Topic
+
+log = logging.getLogger(__name__)
+
+# DIMSE status classes (PS3.7 Annex C): success 0x0000, warnings 0x0001 and 0xB000-0xBFFF.
+STATUS_SUCCESS = 0x0000
+_WARNING_CODES = range(0xB000, 0xC000)
+STATUS_WARNING_COERCION = 0x0001
+_TRANSFER_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")  # explicit, implicit VR LE
+_BATCH = 50
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def is_stored(status: int) -> bool:
+    """Success or a warning: the PACS kept the object."""
+    return status in (STATUS_SUCCESS, STATUS_WARNING_COERCION) or status in _WARNING_CODES
+
+
+def plan_exports(
+    session: Session, objects: Iterable[ResultObject], destinations: Sequence[PacsDestination]
+) -> None:
+    """One pending export per object and destination (the objects must have ids)."""
+    now = _now()
+    for obj in objects:
+        for destination in destinations:
+            session.add(
+                Export(
+                    result_object_id=obj.id,
+                    destination=destination.name,
+                    status=ExportStatus.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                )
+            )
+
+
+@dataclass(frozen=True)
+class _Due:
+    export_id: int
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class Exporter:
+    """Sends the exports that are due until stopped; meant to be a thread's target.
+
+    Parameters
+    ----------
+    settings
+        ``settings.export`` names the destinations and the retry policy.
+    sessions
+        Database session factory.
+    on_change
+        Called after outcomes are committed (wakes the outbox relay).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        on_change: Callable[[], None] = lambda: None,
+        idle_wait_s: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._on_change = on_change
+        self._idle_wait_s = idle_wait_s
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.export_due()
+            except Exception:  # a database hiccup must not end the thread: log, wait, retry
+                log.exception("export pass failed")
+            self._wake.wait(self._idle_wait_s)
+            self._wake.clear()
+
+    def export_due(self) -> int:
+        """Send every export that is due now; the number of objects the PACS stored."""
+        stored = 0
+        for destination in self._settings.export.destinations:
+            due = self._due(destination.name)
+            if due:
+                stored += self._send(destination, due)
+        return stored
+
+    def _due(self, destination: str) -> list[_Due]:
+        now = _now()
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Export)
+                .options(selectinload(Export.result_object))
+                .where(
+                    Export.destination == destination,
+                    Export.status == ExportStatus.PENDING,
+                    or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
+                )
+                .order_by(Export.id)
+                .limit(_BATCH)
+            ).all()
+            return [
+                _Due(
+                    r.id,
+                    r.result_object.path,
+                    r.result_object.sop_class_uid,
+                    r.result_object.sop_instance_uid,
+                )
+                for r in rows
+            ]
+
+    def _send(self, destination: PacsDestination, due: list[_Due]) -> int:
+        settings = self._settings.export
+        ae = AE(ae_title=settings.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout_seconds
+        for sop_class in sorted({d.sop_class_uid for d in due}):
+            ae.add_requested_context(sop_class, list(_TRANSFER_SYNTAXES))
+        tls = _tls_args(destination)
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls
+        )
+        if not assoc.is_established:
+            reason = (
+                "association rejected" if assoc.is_rejected else "association failed (no answer)"
+            )
+            reason = f"{reason}: {destination.ae_title}@{destination.host}:{destination.port}"
+            for item in due:
+                self._record(item, destination, None, reason)
+            return 0
+        stored = 0
+        try:
+            for item in due:
+                stored += self._store_one(assoc, item, destination)
+                if not assoc.is_established:
+                    break
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        return stored
+
+    def _store_one(self, assoc: Association, item: _Due, destination: PacsDestination) -> int:
+        try:
+            dataset = dcmread(self._settings.storage_root / item.path)
+        except (OSError, ValueError) as exc:
+            self._record(item, destination, None, f"cannot read the stored object: {exc}")
+            return 0
+        try:
+            response = assoc.send_c_store(dataset)
+        except (RuntimeError, ValueError) as exc:  # no accepted context for this SOP class
+            self._record(item, destination, None, f"not sent: {exc}")
+            return 0
+        status = int(response.Status) if "Status" in response else None
+        if status is not None and is_stored(status):
+            self._record(item, destination, status, None)
+            return 1
+        reason = (
+            f"PACS answered 0x{status:04X}"
+            if status is not None
+            else "no answer (association aborted or timed out)"
+        )
+        self._record(item, destination, status, reason)
+        return 0
+
+    def _record(
+        self, item: _Due, destination: PacsDestination, status: int | None, reason: str | None
+    ) -> None:
+        """Commit one attempt's outcome and its status event together."""
+        policy = self._settings.export
+        with self._sessions.begin() as session:
+            row = session.get_one(Export, item.export_id)
+            obj = session.get_one(ResultObject, row.result_object_id)
+            row.attempts += 1
+            row.dimse_status = status
+            if reason is None:
+                row.status, row.sent_at, row.last_error = ExportStatus.SENT, _now(), None
+                row.next_attempt_at = None
+            else:
+                row.last_error = reason
+                if row.attempts >= policy.max_attempts:
+                    row.status, row.next_attempt_at = ExportStatus.FAILED, None
+                else:
+                    wait = min(
+                        policy.backoff_seconds * 2 ** (row.attempts - 1),
+                        policy.backoff_max_seconds,
+                    )
+                    row.next_attempt_at = _now() + dt.timedelta(seconds=wait)
+            enqueue(
+                session,
+                topic=Topic.EXPORT_STATUS,
+                key=obj.analysis.study_instance_uid,
+                event=ExportOutcome(
+                    analysis_id=obj.analysis_id,
+                    study_instance_uid=obj.analysis.study_instance_uid,
+                    sop_instance_uid=obj.sop_instance_uid,
+                    kind=obj.kind,
+                    destination=destination.name,
+                    status=row.status,
+                    attempts=row.attempts,
+                    dimse_status=status,
+                    reason=reason,
+                ),
+            )
+            outcome, attempts = row.status, row.attempts
+        self._on_change()
+        extra = {
+            "sop_uid": item.sop_instance_uid,
+            "destination": destination.name,
+            "attempts": attempts,
+            "dimse_status": None if status is None else f"0x{status:04X}",
+        }
+        if reason is None:
+            log.info("exported", extra=extra)
+        elif outcome == ExportStatus.FAILED:
+            log.error("export parked as failed", extra={**extra, "reason": reason})
+        else:
+            log.warning("export attempt failed; will retry", extra={**extra, "reason": reason})
+
+
+def _tls_args(destination: PacsDestination) -> tuple[ssl.SSLContext, str] | None:
+    if destination.tls_ca_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=destination.tls_ca_file)
+    if destination.tls_cert_file is not None:
+        context.load_cert_chain(destination.tls_cert_file, destination.tls_key_file)
+    return context, destination.host

@@ -1,0 +1,341 @@
+"""The analysis pipeline: one place that knows the stages and wires them (:func:`compose`).
+
+select series → load volumes → canonical grid → detect → classify (only when a tumour is found)
+→ segment (only when all four contrasts are present) → findings. Stages take and return typed
+values; only loading reads files. What could not run says why in ``Findings.skipped``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
+
+from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
+from inference_worker.selection import Choice, Role, Selection, SeriesInfo, select_series
+from inference_worker.volume import GeometryError, frame_masks, load_series
+from models import predict
+from models.imaging import FrameRef, Volume, resample_to
+from models.preprocessing import canonical_grid, on_grid
+from models.registry import ModelManifest, Task, load
+from schemas.findings import (
+    ClassificationFinding,
+    DetectionFinding,
+    Findings,
+    ModelVersion,
+    SegmentationFinding,
+    SeriesChoice,
+)
+
+# Which series each 2D model reads, best first; segmentation needs all four.
+DETECTION_ORDER = (Role.FLAIR, Role.T2, Role.T1CE, Role.T1)
+CLASSIFICATION_ORDER = (Role.T1CE, Role.FLAIR, Role.T2, Role.T1)
+REFERENCE_ORDER = (Role.T1CE, Role.T1, Role.FLAIR, Role.T2)
+CHANNELS = (Role.T1, Role.T1CE, Role.T2, Role.FLAIR)  # the segmentation network's input order
+# Share of a typical run done when each stage starts (segmentation dominates on a CPU).
+_PROGRESS = {
+    "select_and_load": 0.0,
+    "detection": 0.25,
+    "classification": 0.3,
+    "grad_cam": 0.35,
+    "segmentation": 0.4,
+    "masks_to_source": 0.9,
+}
+
+
+@dataclass
+class Models:
+    """Loaded models and their manifests, built once per worker."""
+
+    manifests: dict[Task, ModelManifest]
+    loaded: dict[Task, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load_all(cls, manifests: dict[Task, ModelManifest]) -> Models:
+        return cls(manifests, {task: load(m) for task, m in manifests.items()})
+
+
+@dataclass(frozen=True, eq=False)
+class StudyFiles:
+    study_instance_uid: str
+    series: dict[str, list[Path]]  # SeriesInstanceUID -> files
+    infos: list[SeriesInfo]
+
+
+def scan_folder(folder: Path) -> StudyFiles:
+    """Group the DICOM files under ``folder`` by series (one study expected)."""
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, Any] = {}
+    studies: set[str] = set()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        if "SeriesInstanceUID" not in ds:
+            continue
+        by_series[str(ds.SeriesInstanceUID)].append(path)
+        headers.setdefault(str(ds.SeriesInstanceUID), ds)
+        studies.add(str(ds.StudyInstanceUID))
+    if len(studies) != 1:
+        raise ValueError(f"expected the files of one study under {folder}, found {len(studies)}")
+    infos = []
+    for uid, files in by_series.items():
+        frames = int(headers[uid].get("NumberOfFrames", 1) or 1)
+        infos.append(SeriesInfo.from_dataset(headers[uid], slices=max(len(files), frames)))
+    return StudyFiles(studies.pop(), dict(by_series), infos)
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    selection: Selection
+    volumes: dict[Role, Volume]  # the chosen series, as loaded
+    grid: Volume
+    channels: dict[Role, np.ndarray]  # on the canonical grid, normalised
+    skipped: dict[str, str]
+    files: dict[Role, list[Path]]  # the stored files of each loaded series
+
+
+def prepare(study: StudyFiles) -> Prepared:
+    selection = select_series(study.infos)
+    volumes: dict[Role, Volume] = {}
+    skipped: dict[str, str] = {}
+    files: dict[Role, list[Path]] = {}
+    for role, choice in selection.chosen.items():
+        try:
+            files[role] = study.series[choice.series_instance_uid]
+            volumes[role] = load_series(files[role])
+        except GeometryError as exc:
+            skipped[f"load {role.value}"] = str(exc)
+    if not volumes:
+        raise ValueError("no usable T1, T1CE, T2 or FLAIR series in the study")
+    reference = next(r for r in REFERENCE_ORDER if r in volumes)
+    grid = canonical_grid(volumes[reference])
+    channels = {role: on_grid(volume, grid) for role, volume in volumes.items()}
+    return Prepared(selection, volumes, grid, channels, skipped, files)
+
+
+def _first(order: tuple[Role, ...], available: dict[Role, np.ndarray]) -> Role:
+    return next(role for role in order if role in available)
+
+
+Progress = Callable[[str, float], None]
+
+
+def analyse(study: StudyFiles, models: Models, progress: Progress | None = None) -> Analysis:
+    """Run every stage that the study's series allow; the findings say what ran and why not.
+
+    ``progress(step, fraction)`` is called as each stage starts (for status events).
+    """
+    return _analyse(study.study_instance_uid, lambda: prepare(study), models, progress)
+
+
+def analyse_nifti(
+    study_instance_uid: str,
+    files: Mapping[str, Path],
+    models: Models,
+    progress: Progress | None = None,
+) -> Analysis:
+    """Analyse uploaded NIfTI volumes, one file per role (T1, T1CE, T2, FLAIR).
+
+    There are no DICOM frames to map back to: the findings carry volumes but no per-instance
+    areas, and no result objects can be written for a PACS.
+    """
+    return _analyse(study_instance_uid, lambda: prepare_nifti(files), models, progress)
+
+
+def prepare_nifti(files: Mapping[str, Path]) -> Prepared:
+    """Volumes from NIfTI files (read in patient LPS coordinates by SimpleITK)."""
+    volumes: dict[Role, Volume] = {}
+    chosen: dict[Role, Choice] = {}
+    for name, path in files.items():
+        try:
+            role = Role(name.upper())
+        except ValueError as exc:
+            raise ValueError(f"unknown role {name!r}: expected T1, T1CE, T2 or FLAIR") from exc
+        volumes[role] = read_nifti(path)
+        uid = generate_uid(prefix=None)
+        chosen[role] = Choice(role, uid, 1.0, (f"uploaded as {role.value}: {path.name}",))
+    if not volumes:
+        raise ValueError("no NIfTI volumes given")
+    missing = tuple(r for r in Role if r not in volumes)
+    selection = Selection(chosen, missing)
+    reference = next(r for r in REFERENCE_ORDER if r in volumes)
+    grid = canonical_grid(volumes[reference])
+    channels = {role: on_grid(volume, grid) for role, volume in volumes.items()}
+    return Prepared(selection, volumes, grid, channels, {}, {})
+
+
+def read_nifti(path: Path) -> Volume:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise ValueError(f"{path.name}: not a readable NIfTI volume") from exc
+    if image.GetDimension() != 3:
+        raise ValueError(f"{path.name}: expected a 3D volume, got {image.GetDimension()}D")
+    return Volume(
+        array=sitk.GetArrayFromImage(image).astype(np.float32),
+        origin=np.array(image.GetOrigin()),
+        spacing=np.array(image.GetSpacing()),
+        direction=np.array(image.GetDirection()).reshape(3, 3),
+    )
+
+
+def _analyse(
+    study_instance_uid: str,
+    prepare_study: Callable[[], Prepared],
+    models: Models,
+    progress: Progress | None,
+) -> Analysis:
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, run: Callable[[], Any]) -> Any:
+        if progress is not None:
+            progress(stage, _PROGRESS.get(stage, 0.0))
+        started = time.perf_counter()
+        value = run()
+        seconds[stage] = round(time.perf_counter() - started, 3)
+        return value
+
+    prepared: Prepared = timed("select_and_load", prepare_study)
+    channels, skipped = prepared.channels, dict(prepared.skipped)
+    manifests, loaded = models.manifests, models.loaded
+
+    detect_role = _first(DETECTION_ORDER, channels)
+    detection = timed(
+        "detection",
+        lambda: predict.detect(
+            loaded[Task.DETECTION], manifests[Task.DETECTION], channels[detect_role]
+        ),
+    )
+    classification = None
+    grad_cam = None
+    if detection.tumour:
+        classify_role = _first(CLASSIFICATION_ORDER, channels)
+        result = timed(
+            "classification",
+            lambda: predict.classify(
+                loaded[Task.CLASSIFICATION],
+                manifests[Task.CLASSIFICATION],
+                channels[classify_role],
+                detection,
+            ),
+        )
+        classification = ClassificationFinding(
+            label=result.label, probabilities=result.probabilities, series_role=classify_role.value
+        )
+        plane = channels[classify_role][result.plane]
+        heatmap = timed(
+            "grad_cam",
+            lambda: predict.grad_cam(
+                loaded[Task.CLASSIFICATION], manifests[Task.CLASSIFICATION], plane, result.index
+            ),
+        )
+        grad_cam = GradCam(
+            plane=plane.astype(np.float32),
+            heatmap=heatmap,
+            pixel_spacing_mm=float(prepared.grid.spacing[0]),
+            label=result.label,
+            probability=result.probabilities[result.label],
+            series_role=classify_role.value,
+            plane_index=int(result.plane),
+        )
+    else:
+        skipped["classification"] = "no tumour detected"
+
+    segmentation, region_masks = None, None
+    missing = [role.value for role in CHANNELS if role not in channels]
+    if missing:
+        skipped["segmentation"] = f"missing {', '.join(missing)}"
+    else:
+        image = np.stack([channels[role] for role in CHANNELS])
+        net, window = loaded[Task.SEGMENTATION], manifests[Task.SEGMENTATION].window
+        masks = timed("segmentation", lambda: predict.segment(net, image, window))
+        if prepared.files:
+            region_masks = timed("masks_to_source", lambda: _on_reference(prepared, masks))
+        segmentation = _segmentation_finding(prepared, masks, region_masks)
+
+    findings = Findings(
+        study_instance_uid=study_instance_uid,
+        selected=[
+            SeriesChoice(
+                role=r.value, series_instance_uid=c.series_instance_uid, reasons=list(c.reasons)
+            )
+            for r, c in prepared.selection.chosen.items()
+        ],
+        missing=[r.value for r in prepared.selection.missing],
+        rejected=prepared.selection.rejected,
+        detection=DetectionFinding(
+            tumour=detection.tumour,
+            probability=round(detection.probability, 4),
+            series_role=detect_role.value,
+        ),
+        classification=classification,
+        segmentation=segmentation,
+        skipped=skipped,
+        models={task.value: ModelVersion(**m.version_info) for task, m in manifests.items()},
+        seconds=seconds,
+    )
+    sources = tuple(prepared.files.get(_reference_role(prepared), ()))
+    return Analysis(findings, region_masks, grad_cam, sources)
+
+
+def _reference_role(prepared: Prepared) -> Role:
+    return next(r for r in REFERENCE_ORDER if r in prepared.volumes)
+
+
+def _on_reference(prepared: Prepared, masks: dict[str, np.ndarray]) -> RegionMasks:
+    """The grid's masks resampled (nearest) onto the reference series' own frames."""
+    role = _reference_role(prepared)
+    reference = prepared.volumes[role]
+    on_frames: dict[str, np.ndarray] = {}
+    frames: tuple[FrameRef, ...] = ()
+    for region in REGIONS:
+        resampled = resample_to(
+            prepared.grid.with_array(masks[region].astype(np.uint8)), reference, labels=True
+        )
+        pairs = frame_masks(resampled)
+        frames = tuple(ref for ref, _ in pairs)
+        on_frames[region] = np.stack([mask > 0 for _, mask in pairs])
+    return RegionMasks(
+        reference_role=role.value,
+        reference_files=tuple(prepared.files[role]),
+        frames=frames,
+        masks=on_frames,
+    )
+
+
+def _segmentation_finding(
+    prepared: Prepared, masks: dict[str, np.ndarray], on_reference: RegionMasks | None
+) -> SegmentationFinding:
+    """Volumes from the canonical grid; areas and the largest slice on the reference series."""
+    grid = prepared.grid
+    volumes = {r: round(float(masks[r].sum()) * grid.voxel_volume_ml, 2) for r in REGIONS}
+    if on_reference is None:
+        return SegmentationFinding(
+            volumes_ml=volumes, reference_role=_reference_role(prepared).value
+        )
+    reference = prepared.volumes[_reference_role(prepared)]
+    pixel_mm2 = float(reference.spacing[0] * reference.spacing[1])
+    areas = {
+        ref.sop_instance_uid: round(float(mask.sum()) * pixel_mm2, 1)
+        for ref, mask in zip(on_reference.frames, on_reference.masks["WT"], strict=True)
+        if mask.any()
+    }
+    largest = max(areas, key=areas.__getitem__) if areas else None
+    return SegmentationFinding(
+        volumes_ml=volumes,
+        largest_tumour_sop_instance_uid=largest,
+        slice_areas_mm2=areas,
+        reference_role=on_reference.reference_role,
+    )

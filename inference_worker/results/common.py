@@ -1,0 +1,85 @@
+"""What every result object shares: UIDs, the node's identity, the source study's modules."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, generate_uid
+
+from neurogate import __version__
+from neurogate.settings import ResultSettings
+
+# How the node names itself in the objects it writes (model name of the "device").
+MODEL_NAME = "NeuroGate"
+SOFTWARE_VERSION = __version__
+
+# The Patient and General Study modules, copied unchanged into every result object so a PACS
+# files it under the study it was made from.
+PATIENT_STUDY_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "StudyDescription",
+)
+
+
+def new_uid(settings: ResultSettings) -> UID:
+    """A fresh UID under the node's root, or a UUID-derived ``2.25.`` UID when it has none."""
+    return generate_uid(prefix=settings.uid_root)
+
+
+def device_uid(settings: ResultSettings) -> UID:
+    """The node's Device Observer UID: the same for every report this node writes."""
+    name = f"{settings.manufacturer}/{settings.station_name}"
+    if settings.uid_root is None:
+        return UID(f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}")
+    return generate_uid(prefix=settings.uid_root, entropy_srcs=["device", name])
+
+
+def stamp_equipment(ds: Dataset, settings: ResultSettings) -> None:
+    """Name the node in the General Equipment module: station and, when set, institution."""
+    ds.StationName = settings.station_name
+    if settings.institution_name:
+        ds.InstitutionName = settings.institution_name
+
+
+def copy_patient_study(source: Dataset, target: Dataset) -> None:
+    """Copy the source's patient and study attributes onto ``target`` (present ones only)."""
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            target.add(copy.deepcopy(source[keyword]))
+
+
+def frame_pixels(
+    datasets: Sequence[Dataset], sop_instance_uid: str, frame: int | None
+) -> np.ndarray:
+    """The stored pixels of one source frame (``frame`` 1-based for multi-frame instances).
+
+    Raises
+    ------
+    ValueError
+        When no dataset has that SOP Instance UID or it has no such frame.
+    """
+    for ds in datasets:
+        if str(ds.SOPInstanceUID) != sop_instance_uid:
+            continue
+        pixels = ds.pixel_array
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frame is None:
+            return pixels if frames == 1 else pixels[0]
+        if not 1 <= frame <= frames:
+            raise ValueError(f"{sop_instance_uid} has no frame {frame}")
+        return pixels if frames == 1 else pixels[frame - 1]
+    raise ValueError(f"no source dataset has SOP Instance UID {sop_instance_uid}")

@@ -1,0 +1,359 @@
+"""A human-readable report of an analysis, as PDF bytes and as an Encapsulated PDF instance.
+
+The PDF is what a referring physician or a researcher without a DICOM viewer reads: who and which
+study, what was found and how sure the models were, the tumour volumes, which series were used or
+left out and why, the model versions, and two key images. Every page says that this is research
+software, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image as PILImage
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import UID, ExplicitVRLittleEndian
+from reportlab.lib import colors
+from reportlab.lib.pagesizes import A4
+from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import (
+    Image,
+    KeepTogether,
+    Paragraph,
+    SimpleDocTemplate,
+    Spacer,
+    Table,
+    TableStyle,
+)
+from reportlab.platypus.flowables import Flowable
+
+from inference_worker.analysis import Analysis, RegionMasks
+from inference_worker.results.capture import overlay_png
+from inference_worker.results.common import (
+    MODEL_NAME,
+    SOFTWARE_VERSION,
+    copy_patient_study,
+    frame_pixels,
+    new_uid,
+    stamp_equipment,
+)
+from inference_worker.results.seg import SEGMENTS
+from models.overlay import draw_outlines
+from neurogate.settings import ResultSettings
+
+SERIES_DESCRIPTION = "NeuroGate tumour report (PDF)"
+DOCUMENT_TITLE = "NeuroGate brain MR tumour analysis"
+ENCAPSULATED_PDF_STORAGE = UID("1.2.840.10008.5.1.4.1.1.104.1")
+PDF_MIME_TYPE = "application/pdf"
+DIAGNOSTIC_IMAGING_REPORT = codes.LN.DiagnosticImagingReport  # LN 18748-4, CID 7000
+WORKSTATION = "WSD"  # Conversion Type
+DISCLAIMER = (
+    "Not for clinical use — research software. These results were produced automatically and "
+    "have not been reviewed by a physician."
+)
+_KEY_IMAGE_MM = 75.0
+_KEY_IMAGE_PIXELS = 480  # key images are enlarged to about this width
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _image(png: bytes, width_mm: float = _KEY_IMAGE_MM) -> Image:
+    """A key image, enlarged with nearest neighbours so PDF viewers do not blur its outlines."""
+    with PILImage.open(io.BytesIO(png)) as picture:
+        width, height = picture.size
+        factor = max(1, _KEY_IMAGE_PIXELS // max(width, 1))
+        buffer = io.BytesIO()
+        picture.resize((width * factor, height * factor), PILImage.Resampling.NEAREST).save(
+            buffer, format="PNG"
+        )
+    buffer.seek(0)
+    return Image(buffer, width=width_mm * mm, height=width_mm * mm * height / width)
+
+
+def largest_tumour_frame(masks: RegionMasks) -> int | None:
+    """Index of the frame with the largest whole-tumour area, None when no frame shows tumour."""
+    areas = masks.masks["WT"].reshape(len(masks.frames), -1).sum(axis=1)
+    return int(np.argmax(areas)) if areas.max(initial=0) > 0 else None
+
+
+def outline_png(masks: RegionMasks, index: int, source_datasets: Sequence[Dataset]) -> bytes:
+    """Source frame ``index`` of ``masks`` with the WT, TC and ET outlines, as PNG bytes."""
+    ref = masks.frames[index]
+    plane = frame_pixels(source_datasets, ref.sop_instance_uid, ref.frame_number)
+    regions = [(masks.masks[region.key][index], region.colour) for region in SEGMENTS]
+    return _png(draw_outlines(plane, regions))
+
+
+def _table(rows: list[list[str]], widths: Sequence[float] | None = None) -> Table:
+    style = getSampleStyleSheet()["BodyText"]
+    cells = [[Paragraph(_escape(cell), style) for cell in row] for row in rows]
+    table = Table(cells, colWidths=widths, hAlign="LEFT")
+    table.setStyle(
+        TableStyle(
+            [
+                ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
+                ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ]
+        )
+    )
+    return table
+
+
+def _escape(text: object) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _patient_rows(source: Dataset) -> list[list[str]]:
+    def value(keyword: str) -> str:
+        return str(source.get(keyword, "") or "—")
+
+    return [
+        ["Patient", str(source.get("PatientName", "") or "—").replace("^", " ").strip()],
+        ["Patient ID", value("PatientID")],
+        ["Birth date / sex", f"{value('PatientBirthDate')} / {value('PatientSex')}"],
+        ["Study", f"{value('StudyDescription')} ({value('StudyDate')})"],
+        ["Accession number", value("AccessionNumber")],
+        ["Study Instance UID", value("StudyInstanceUID")],
+        ["Report created", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
+    ]
+
+
+def _findings(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle) -> list[Flowable]:
+    findings, story = analysis.findings, []
+    story.append(Paragraph("Findings", heading))
+    detection = findings.detection
+    if detection is not None:
+        verdict = "Tumour present" if detection.tumour else "No tumour detected"
+        story.append(
+            Paragraph(
+                f"<b>Detection:</b> {verdict} (probability of tumour {detection.probability:.2f},"
+                f" {detection.series_role} series).",
+                body,
+            )
+        )
+    classification = findings.classification
+    if classification is not None:
+        story.append(
+            Paragraph(
+                f"<b>Tumour class:</b> {_escape(classification.label)} "
+                f"({classification.series_role} series).",
+                body,
+            )
+        )
+        ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
+        story.append(_table([["Class", "Probability"]] + [[k, f"{p:.3f}"] for k, p in ranked]))
+    segmentation = findings.segmentation
+    if segmentation is not None:
+        story.append(Spacer(1, 3 * mm))
+        story.append(
+            Paragraph(f"<b>Tumour volumes</b> ({segmentation.reference_role} reference):", body)
+        )
+        story.append(
+            _table(
+                [["Region", "Volume (mL)"]]
+                + [
+                    [f"{r.label} ({r.key})", f"{segmentation.volumes_ml[r.key]:.2f}"]
+                    for r in SEGMENTS
+                    if r.key in segmentation.volumes_ml
+                ]
+            )
+        )
+    for stage, why in sorted(findings.skipped.items()):
+        story.append(Paragraph(f"<i>{_escape(stage)} did not run:</i> {_escape(why)}.", body))
+    return story
+
+
+def _series_and_models(analysis: Analysis, heading: ParagraphStyle) -> list[Flowable]:
+    findings = analysis.findings
+    series_rows = [["Role", "Series Instance UID", "Why this series"]]
+    series_rows += [
+        [c.role, c.series_instance_uid, "; ".join(c.reasons)] for c in findings.selected
+    ]
+    series_rows += [[role, "missing", "no series of this contrast"] for role in findings.missing]
+    series_rows += [["not used", uid, why] for uid, why in sorted(findings.rejected.items())]
+    model_rows = [["Task", "Model", "Version", "SHA-256"]]
+    model_rows += [
+        [task, m.name, m.version, m.sha256[:16] + "…"]
+        for task, m in sorted(findings.models.items())
+    ]
+    return [
+        Paragraph("Series", heading),
+        _table(series_rows, [22 * mm, 70 * mm, 78 * mm]),
+        Paragraph("Models", heading),
+        _table(model_rows),
+        Paragraph(f"{MODEL_NAME} {SOFTWARE_VERSION}", getSampleStyleSheet()["BodyText"]),
+    ]
+
+
+def _key_images(
+    analysis: Analysis, source_datasets: Sequence[Dataset], heading: ParagraphStyle
+) -> list[Flowable]:
+    cells: list[list[Flowable]] = [[], []]
+    caption = getSampleStyleSheet()["BodyText"]
+    grad_cam = analysis.grad_cam
+    if grad_cam is not None:
+        cells[0].append(_image(overlay_png(grad_cam)))
+        cells[1].append(
+            Paragraph(
+                f"Grad-CAM for class {_escape(grad_cam.label)} ({grad_cam.series_role}, axial "
+                f"plane {grad_cam.plane_index}); red: regions that drove the decision.",
+                caption,
+            )
+        )
+    masks = analysis.masks
+    index = largest_tumour_frame(masks) if masks is not None else None
+    if masks is not None and index is not None:
+        cells[0].append(_image(outline_png(masks, index, source_datasets)))
+        cells[1].append(
+            Paragraph(
+                f"Largest tumour extent on the {masks.reference_role} series "
+                f"({_frame_name(masks, index, source_datasets)}); green: whole tumour, yellow: "
+                "tumour core, red: enhancing tumour.",
+                caption,
+            )
+        )
+    if not cells[0]:
+        return []
+    return [KeepTogether([Paragraph("Key images", heading), Table(cells, hAlign="LEFT")])]
+
+
+def _frame_name(masks: RegionMasks, index: int, source_datasets: Sequence[Dataset]) -> str:
+    """How a reader finds the frame in a viewer: its image number or frame number."""
+    ref = masks.frames[index]
+    if ref.frame_number is not None:
+        return f"frame {ref.frame_number}"
+    source = next(ds for ds in source_datasets if ds.SOPInstanceUID == ref.sop_instance_uid)
+    return f"image {source.get('InstanceNumber', index + 1)}"
+
+
+def render_pdf(
+    analysis: Analysis, source_datasets: Sequence[Dataset], settings: ResultSettings
+) -> bytes:
+    """The report as PDF bytes.
+
+    Parameters
+    ----------
+    source_datasets
+        A series of the study: patient and study identifiers come from its first dataset, and the
+        outline key image from its frames (the reference series when there are masks).
+    """
+    if not source_datasets:
+        raise ValueError("no source datasets to take the patient and study from")
+    styles = getSampleStyleSheet()
+    heading, body = styles["Heading2"], styles["BodyText"]
+    warning = ParagraphStyle(
+        "warning", parent=body, textColor=colors.white, backColor=colors.darkred, borderPadding=4
+    )
+    story: list[Flowable] = [
+        Paragraph(DOCUMENT_TITLE, styles["Title"]),
+        Paragraph(f"<b>{_escape(DISCLAIMER)}</b>", warning),
+        Spacer(1, 4 * mm),
+        _table(_patient_rows(source_datasets[0]), [45 * mm, 125 * mm]),
+        *_findings(analysis, heading, body),
+        *_key_images(analysis, source_datasets, heading),
+        *_series_and_models(analysis, heading),
+    ]
+    footer = f"{DISCLAIMER}  {settings.manufacturer} / {settings.station_name}"
+
+    def on_page(canvas: Canvas, document: SimpleDocTemplate) -> None:
+        canvas.saveState()
+        canvas.setFont("Helvetica", 7)
+        canvas.drawString(15 * mm, 10 * mm, footer[:160])
+        canvas.drawRightString(A4[0] - 15 * mm, 10 * mm, f"Page {document.page}")
+        canvas.restoreState()
+
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=15 * mm,
+        bottomMargin=18 * mm,
+        title=DOCUMENT_TITLE,
+        author=settings.manufacturer,
+        subject=f"Study {source_datasets[0].get('StudyInstanceUID', '')}",
+        creator=f"{MODEL_NAME} {SOFTWARE_VERSION}",
+    )
+    document.build(story, onFirstPage=on_page, onLaterPages=on_page)
+    return buffer.getvalue()
+
+
+def build_pdf_object(
+    analysis: Analysis,
+    source_datasets: Sequence[Dataset],
+    settings: ResultSettings,
+    series_number: int,
+    document: bytes | None = None,
+) -> Dataset:
+    """The report as an Encapsulated PDF Storage instance in the source study.
+
+    Parameters
+    ----------
+    document
+        The PDF to encapsulate; rendered with :func:`render_pdf` when not given.
+    """
+    if not source_datasets:
+        raise ValueError("no source datasets to take the patient and study from")
+    pdf = document if document is not None else render_pdf(analysis, source_datasets, settings)
+    source = source_datasets[0]
+    now = dt.datetime.now()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "SpecificCharacterSet" in source:
+        ds.SpecificCharacterSet = source.SpecificCharacterSet
+    ds.SOPClassUID = ENCAPSULATED_PDF_STORAGE
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = new_uid(settings)
+    copy_patient_study(source, ds)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
+        ds.setdefault(keyword, "")  # Type 2 in the Patient module
+    for keyword in ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID"):
+        ds.setdefault(keyword, "")
+    ds.setdefault("AccessionNumber", "")
+    # Encapsulated Document Series, General Equipment, SC Equipment
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID = new_uid(settings)
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = SERIES_DESCRIPTION
+    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.Manufacturer = settings.manufacturer
+    ds.ManufacturerModelName = MODEL_NAME
+    ds.SoftwareVersions = SOFTWARE_VERSION
+    stamp_equipment(ds, settings)
+    ds.ConversionType = WORKSTATION
+    # Encapsulated Document
+    ds.InstanceNumber = 1
+    ds.ContentDate, ds.ContentTime = ds.SeriesDate, ds.SeriesTime
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "YES"  # the document shows patient identifiers
+    ds.DocumentTitle = DOCUMENT_TITLE
+    concept = Dataset()
+    concept.CodeValue = DIAGNOSTIC_IMAGING_REPORT.value
+    concept.CodingSchemeDesignator = DIAGNOSTIC_IMAGING_REPORT.scheme_designator
+    concept.CodeMeaning = DIAGNOSTIC_IMAGING_REPORT.meaning
+    ds.ConceptNameCodeSequence = [concept]
+    ds.SourceInstanceSequence = [_reference(s) for s in source_datasets]
+    ds.MIMETypeOfEncapsulatedDocument = PDF_MIME_TYPE
+    ds.EncapsulatedDocumentLength = len(pdf)
+    ds.EncapsulatedDocument = pdf + b"\0" * (len(pdf) % 2)  # OB values have even length
+    return ds
+
+
+def _reference(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item

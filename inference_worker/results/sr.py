@@ -1,0 +1,258 @@
+"""The findings as a TID 1500 Measurement Report (Comprehensive 3D SR) a PACS can index.
+
+One measurement group for the detection (tumour present or absent, with its probability), one
+for the tumour class (with the probability of each class) and, when segmentation ran, one per
+region (WT, TC, ET) with its volume, pointing at the segment of the SEG that outlines it through
+the segment's tracking UID and a Referenced Segment item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from inference_worker.analysis import Analysis
+from inference_worker.results.common import MODEL_NAME, device_uid, new_uid, stamp_equipment
+from inference_worker.results.seg import (
+    ARTIFICIAL_INTELLIGENCE,
+    MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+    NEOPLASM,
+    SEGMENTS,
+)
+from neurogate.settings import ResultSettings
+from schemas.findings import ModelVersion
+
+SERIES_DESCRIPTION = "NeuroGate tumour report"
+PROCEDURE_MR_BRAIN = codes.LN.BrainMRI  # LN 24590-2
+DEVICE = codes.cid270.Device  # DCM 121007, observer type
+PRESENT = codes.SCT.Present  # SCT 52101004, CID 240
+ABSENT = codes.SCT.Absent  # SCT 272519000, CID 240
+PROBABILITY = codes.DCM.Probability  # DCM 122157
+NO_UNITS = codes.UCUM.NoUnits  # UCUM "1": probabilities are fractions in [0, 1]
+VOLUME = codes.SCT.Volume  # SCT 118565006
+MILLILITRE = Code("ml", "UCUM", "milliliter")
+SUM_OF_VOXELS = codes.DCM.SumOfSegmentedVoxelMethodForVolume  # DCM 126030
+# The classifier's labels have no agreed SNOMED CT mapping in this project yet: they are coded
+# in the node's own (private, "99" prefixed) coding scheme, declared in the SR's header.
+CLASS_SCHEME = "99NEUROGATE"
+TUMOUR_CLASSES = {
+    "glioma": Code("glioma", CLASS_SCHEME, "Glioma"),
+    "meningioma": Code("meningioma", CLASS_SCHEME, "Meningioma"),
+    "pituitary": Code("pituitary", CLASS_SCHEME, "Pituitary tumour"),
+    "notumor": Code("notumor", CLASS_SCHEME, "No tumour"),
+}
+
+
+def class_code(label: str) -> Code:
+    """The coded concept of a classifier label (a site model's own labels coded as they are)."""
+    return TUMOUR_CLASSES.get(label, Code(label[:16], CLASS_SCHEME, label))
+
+
+def _algorithm(model: ModelVersion | None) -> hd.sr.AlgorithmIdentification | None:
+    if model is None:
+        return None
+    return hd.sr.AlgorithmIdentification(
+        name=model.name,
+        version=model.version,
+        family=ARTIFICIAL_INTELLIGENCE,
+        parameters=[f"sha256={model.sha256}"],
+    )
+
+
+def _tracking(identifier: str, settings: ResultSettings) -> hd.sr.TrackingIdentifier:
+    return hd.sr.TrackingIdentifier(uid=new_uid(settings), identifier=identifier)
+
+
+def _probability(value: float, name: Code = PROBABILITY) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=NO_UNITS)
+
+
+def _finding_groups(
+    analysis: Analysis, settings: ResultSettings
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Detection and classification: what was found, how likely, by which model."""
+    findings, groups = analysis.findings, []
+    if findings.detection is not None:
+        detection = findings.detection
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking("Tumour detection", settings),
+                finding_type=NEOPLASM,
+                algorithm_id=_algorithm(findings.models.get("detection")),
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(NEOPLASM, PRESENT if detection.tumour else ABSENT)
+                ],
+                measurements=[_probability(detection.probability)],
+            )
+        )
+    if findings.classification is not None:
+        classification = findings.classification
+        label = classification.label
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking("Tumour class", settings),
+                # The class is the group's Finding (TID 1501 row 3), which readers such as
+                # highdicom take as the finding type; a second "Finding" item would be ambiguous.
+                finding_type=class_code(label),
+                algorithm_id=_algorithm(findings.models.get("classification")),
+                measurements=[
+                    _probability(classification.probabilities.get(label, 0.0)),
+                    *(
+                        _probability(p, class_code(name))
+                        for name, p in sorted(classification.probabilities.items())
+                    ),
+                ],
+            )
+        )
+    return groups
+
+
+def _volume(millilitres: float) -> hd.sr.Measurement:
+    """A region's volume as TID 1500 measures it: summed voxels, in mL."""
+    return hd.sr.Measurement(
+        name=VOLUME, value=round(float(millilitres), 2), unit=MILLILITRE, method=SUM_OF_VOXELS
+    )
+
+
+def _region_groups(
+    analysis: Analysis, seg: Dataset
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    """One group per region with its volume, referencing its segment in ``seg``."""
+    segmentation = analysis.findings.segmentation
+    if segmentation is None:
+        return []
+    algorithm = _algorithm(analysis.findings.models.get("segmentation"))
+    source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
+    tracking_uids = {int(item.SegmentNumber): str(item.TrackingUID) for item in seg.SegmentSequence}
+    groups = []
+    for region in SEGMENTS:
+        if region.key not in segmentation.volumes_ml:
+            continue
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=tracking_uids[region.number], identifier=region.label
+                ),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=str(seg.SOPClassUID),
+                    sop_instance_uid=str(seg.SOPInstanceUID),
+                    segment_number=region.number,
+                    source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+                ),
+                finding_type=region.property_type,
+                finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                algorithm_id=algorithm,
+                measurements=[_volume(segmentation.volumes_ml[region.key])],
+            )
+        )
+    return groups
+
+
+def _unsegmented_volumes(
+    analysis: Analysis, settings: ResultSettings
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """Volumes without a SEG to point at (masks could not be mapped onto DICOM frames)."""
+    segmentation = analysis.findings.segmentation
+    if segmentation is None:
+        return []
+    algorithm = _algorithm(analysis.findings.models.get("segmentation"))
+    return [
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=_tracking(region.label, settings),
+            finding_type=region.property_type,
+            finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+            algorithm_id=algorithm,
+            measurements=[_volume(segmentation.volumes_ml[region.key])],
+        )
+        for region in SEGMENTS
+        if region.key in segmentation.volumes_ml
+    ]
+
+
+def _private_schemes(
+    analysis: Analysis, settings: ResultSettings
+) -> list[CodingSchemeIdentificationItem] | None:
+    """The node's own coding scheme, declared when the report uses it (a tumour class)."""
+    if analysis.findings.classification is None:
+        return None
+    return [
+        CodingSchemeIdentificationItem(
+            designator=CLASS_SCHEME,
+            name="NeuroGate tumour classes",
+            responsible_organization=settings.manufacturer,
+        )
+    ]
+
+
+def build_sr(
+    analysis: Analysis,
+    source_datasets: Sequence[Dataset],
+    seg: Dataset | None,
+    settings: ResultSettings,
+    series_number: int,
+) -> hd.sr.Comprehensive3DSR:
+    """The findings as a TID 1500 Measurement Report, observed by this node as a device.
+
+    Parameters
+    ----------
+    source_datasets
+        A series of the study (the reference series when there is a SEG): the report copies its
+        patient and study modules and lists it as evidence.
+    seg
+        The SEG of the same analysis, or None when segmentation did not run; then the report
+        carries detection and classification (and volumes, if any, without segment references).
+
+    Raises
+    ------
+    ValueError
+        When there are no source datasets or nothing to report.
+    """
+    if not source_datasets:
+        raise ValueError("no source datasets to take the patient and study from")
+    observer = hd.sr.ObserverContext(
+        observer_type=DEVICE,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid(settings),
+            name=settings.station_name,
+            manufacturer_name=settings.manufacturer,
+            model_name=MODEL_NAME,
+        ),
+    )
+    groups: list[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    ] = [*_finding_groups(analysis, settings)]
+    if seg is not None:
+        groups.extend(_region_groups(analysis, seg))
+    else:
+        groups.extend(_unsegmented_volumes(analysis, settings))
+    if not groups:
+        raise ValueError("the findings hold nothing to report")
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE_MR_BRAIN,
+        imaging_measurements=groups,
+    )
+    evidence = [*source_datasets, *([seg] if seg is not None else [])]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report[0],
+        series_instance_uid=new_uid(settings),
+        series_number=series_number,
+        sop_instance_uid=new_uid(settings),
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        is_complete=True,
+        is_final=False,  # research software: a preliminary, unverified report
+        is_verified=False,
+        series_description=SERIES_DESCRIPTION,
+        content_qualification=hd.ContentQualificationValues.RESEARCH,
+        coding_schemes=_private_schemes(analysis, settings),
+    )
+    stamp_equipment(sr, settings)
+    return sr

@@ -1,0 +1,143 @@
+"""The analysis pipeline end to end on generated DICOM studies, and ``neurogate analyze``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from inference_worker.pipeline import Models, analyse, analyse_nifti, scan_folder
+from models.registry import Task, manifest_for
+from models.synthetic import generate_case, region_volumes_ml
+from models.synthetic.acquisition import SeriesProtocol
+from models.synthetic.dicom import ScannerProfile, write_dicom_study
+from models.synthetic.nifti import write_nifti
+from neurogate import cli
+from neurogate.settings import get_settings
+
+PROFILE = ScannerProfile(
+    vendor="ge",
+    field_strength=1.5,
+    protocols={
+        "t1": SeriesProtocol("t1", "sagittal", in_plane_mm=1.5, slice_mm=1.5, three_d=True),
+        "t1ce": SeriesProtocol("t1ce", "axial", in_plane_mm=1.5, slice_mm=1.5, three_d=True),
+        "t2": SeriesProtocol("t2", "axial", tilt_deg=12.0, in_plane_mm=1.5, slice_mm=5.0),
+        "flair": SeriesProtocol("flair", "axial", tilt_deg=-8.0, in_plane_mm=1.5, slice_mm=4.0),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return Models.load_all({task: manifest_for(task) for task in Task})
+
+
+@pytest.fixture(scope="module")
+def glioma_study(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    case = generate_case(700004, "glioma", voxel_mm=2.0)
+    folder = tmp_path_factory.mktemp("glioma")
+    study = write_dicom_study(case, folder, seed=3, profile=PROFILE, extra_series=True)
+    return case, study, folder
+
+
+def test_a_full_study_is_detected_classified_and_segmented(glioma_study, models) -> None:  # type: ignore[no-untyped-def]
+    case, study, folder = glioma_study
+    analysis = analyse(scan_folder(folder), models)
+    findings = analysis.findings
+
+    assert findings.study_instance_uid == study.study_instance_uid
+    chosen = {c.role: c.series_instance_uid for c in findings.selected}
+    assert chosen == {
+        "T1": study.series["t1"].series_instance_uid,
+        "T1CE": study.series["t1ce"].series_instance_uid,
+        "T2": study.series["t2"].series_instance_uid,
+        "FLAIR": study.series["flair"].series_instance_uid,
+    }
+    assert len(findings.rejected) == 2  # the localiser and the diffusion trace
+    assert findings.detection is not None and findings.detection.tumour
+    assert findings.classification is not None and findings.classification.label == "glioma"
+    segmentation = findings.segmentation
+    assert segmentation is not None and findings.skipped == {}
+    truth = region_volumes_ml(case.label, case.voxel_ml)
+    assert segmentation.volumes_ml["WT"] == pytest.approx(truth["WT"], rel=0.3)
+    reference_uids = {
+        dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in study.series["t1ce"].files
+    }
+    assert segmentation.largest_tumour_sop_instance_uid in reference_uids
+    assert set(segmentation.slice_areas_mm2) <= reference_uids
+    assert set(findings.models) == {"detection", "classification", "segmentation"}
+    assert all(len(m.sha256) == 64 for m in findings.models.values())
+
+    # What the SEG is built from: one mask per reference frame, pixel-aligned with it.
+    masks = analysis.masks
+    assert masks is not None and masks.reference_role == "T1CE"
+    first = dcmread(study.series["t1ce"].files[0])
+    assert {f.sop_instance_uid for f in masks.frames} == reference_uids
+    assert masks.masks["WT"].shape == (len(reference_uids), first.Rows, first.Columns)
+    assert not (masks.masks["ET"] & ~masks.masks["TC"]).any()
+    # Grad-CAM explains a plane that shows the tumour, and is aligned with it.
+    cam = analysis.grad_cam
+    assert cam is not None and cam.label == "glioma" and cam.heatmap.shape == cam.plane.shape
+
+
+def test_a_flair_only_study_skips_segmentation_and_says_why(
+    tmp_path: Path, glioma_study, models
+) -> None:  # type: ignore[no-untyped-def]
+    _, study, _ = glioma_study
+    folder = tmp_path / "flair-only"
+    folder.mkdir()
+    for path in study.series["flair"].files:
+        (folder / path.name).write_bytes(path.read_bytes())
+
+    findings = analyse(scan_folder(folder), models).findings
+
+    assert findings.missing == ["T1", "T1CE", "T2"]
+    assert findings.detection is not None and findings.detection.series_role == "FLAIR"
+    assert findings.classification is not None
+    assert findings.segmentation is None
+    assert findings.skipped == {"segmentation": "missing T1, T1CE, T2"}
+
+
+def test_neurogate_analyze_prints_the_findings(
+    glioma_study, tmp_path: Path, monkeypatch, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    _, study, folder = glioma_study
+    monkeypatch.setenv("NEUROGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["analyze", str(folder)]) == 0
+    finally:
+        get_settings.cache_clear()
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["study_instance_uid"] == study.study_instance_uid
+    assert printed["detection"]["tumour"] is True
+    assert np.isfinite(printed["segmentation"]["volumes_ml"]["WT"])
+
+
+def test_uploaded_nifti_volumes_are_analysed_without_dicom(tmp_path: Path, models) -> None:  # type: ignore[no-untyped-def]
+    """BraTS-style NIfTI (RAS affine) is read in patient coordinates; volumes match the truth."""
+    case = generate_case(700011, "meningioma", voxel_mm=2.0)
+    paths = write_nifti(case, tmp_path)
+    files = {role: paths[name] for role, name in
+             (("T1", "t1"), ("T1CE", "t1ce"), ("T2", "t2"), ("FLAIR", "flair"))}  # fmt: skip
+    analysis = analyse_nifti("1.2.826.0.1.3680043.2.1125.1", files, models)
+
+    findings = analysis.findings
+    assert findings.missing == [] and analysis.masks is None and analysis.source_files == ()
+    assert findings.detection is not None and findings.detection.tumour
+    assert findings.classification is not None and findings.classification.label == "meningioma"
+    assert findings.segmentation is not None
+    truth = region_volumes_ml(case.label, case.voxel_ml)
+    assert findings.segmentation.volumes_ml["WT"] == pytest.approx(truth["WT"], rel=0.3)
+    assert findings.segmentation.slice_areas_mm2 == {}
+
+
+def test_a_file_that_is_not_nifti_is_refused_with_its_name(tmp_path: Path, models) -> None:  # type: ignore[no-untyped-def]
+    bogus = tmp_path / "scan_flair.nii.gz"
+    bogus.write_bytes(b"not a volume")
+    with pytest.raises(ValueError, match=r"scan_flair\.nii\.gz"):
+        analyse_nifti("1.2.3", {"FLAIR": bogus}, models)
