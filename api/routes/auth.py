@@ -1,0 +1,146 @@
+"""Sign-in, self-registration and one's own account.
+
+Registration policy: anyone may register, but a self-registered account is a *clinician*
+account that stays inactive (it cannot sign in) until an admin activates it. Patient accounts
+are only made by admins, because they must be linked to the right patient record; admins are
+made by admins or from settings (:mod:`api.bootstrap`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from api import queries
+from api.deps import ContextDep, CurrentUser, SessionDep, unauthorized
+from api.errors import ApiError, ErrorCode, responses
+from api.schemas import LoginRequest, MeUpdate, RegisterRequest, Role, Token, UserOut
+from api.views import user_out
+from neurogate.db.models import User
+
+router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+_LOGIN_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": LoginRequest.model_json_schema()}
+            for media in ("application/json", "application/x-www-form-urlencoded")
+        },
+    }
+}
+
+
+async def login_credentials(request: Request) -> LoginRequest:
+    """Username and password from an OAuth2 password form or a JSON body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    data: Any
+    if content_type in _FORM_TYPES:
+        form = await request.form()
+        data = {key: form.get(key) for key in ("username", "password") if key in form}
+    elif content_type == "application/json":
+        try:
+            data = await request.json()
+        except ValueError as exc:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from exc
+    else:
+        raise ApiError(
+            415, ErrorCode.INVALID_FILE_TYPE, "send a JSON body or an OAuth2 password form"
+        )
+    try:
+        return LoginRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_input=False)) from exc
+
+
+@router.post(
+    "/login",
+    response_model=Token,
+    openapi_extra=_LOGIN_BODY,
+    responses=responses(400, 401, 403, 415, 422),
+)
+def login(
+    context: ContextDep,
+    session: SessionDep,
+    credentials: Annotated[LoginRequest, Depends(login_credentials)],
+) -> Token:
+    """An access token for a username and password (OAuth2 password flow, or JSON)."""
+    user = queries.user_by_username(session, username=credentials.username)
+    ok = context.passwords.verify(credentials.password, user.password_hash if user else None)
+    if user is None or not ok:
+        raise unauthorized("incorrect username or password")
+    if not user.active:
+        raise ApiError(403, ErrorCode.FORBIDDEN, "account is not active (awaiting an admin?)")
+    token = context.tokens.issue(user_id=user.id, role=user.role)
+    return Token(access_token=token, expires_in=context.tokens.lifetime_seconds)
+
+
+@router.post("/register", status_code=201, response_model=UserOut, responses=responses(409, 422))
+def register(context: ContextDep, session: SessionDep, body: RegisterRequest) -> UserOut:
+    """Ask for a clinician account; it can sign in once an admin has activated it."""
+    user = User(
+        username=body.username,
+        email=body.email,
+        full_name=body.full_name,
+        title=body.title,
+        department=body.department,
+        institution=body.institution,
+        role=Role.CLINICIAN.value,
+        password_hash=context.passwords.hash(body.password),
+        active=False,
+        created_at=queries.now(),
+    )
+    add_user(session, user)
+    return user_out(user)
+
+
+def add_user(session: Session, user: User) -> None:
+    """Insert and commit ``user``; 409 when its username or email is taken."""
+    taken = queries.user_by_username(session, username=user.username) is not None or (
+        user.email is not None and queries.user_by_email(session, email=user.email) is not None
+    )
+    if taken:
+        raise ApiError(409, ErrorCode.CONFLICT, "username or email already registered")
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError as exc:  # a concurrent registration won
+        session.rollback()
+        raise ApiError(409, ErrorCode.CONFLICT, "username or email already registered") from exc
+
+
+@router.get("/me", response_model=UserOut, responses=responses(401))
+def me(user: CurrentUser) -> UserOut:
+    """The signed-in account."""
+    return user_out(user)
+
+
+@router.put("/me", response_model=UserOut, responses=responses(401, 403, 409, 422))
+def update_me(
+    context: ContextDep, session: SessionDep, user: CurrentUser, body: MeUpdate
+) -> UserOut:
+    """Change one's profile, or one's password (the current password is then required)."""
+    changes = body.model_dump(exclude_unset=True, exclude={"password", "current_password"})
+    if body.password is not None:
+        current = body.current_password or ""
+        if not context.passwords.verify(current, user.password_hash):
+            raise ApiError(403, ErrorCode.FORBIDDEN, "current password is wrong")
+        user.password_hash = context.passwords.hash(body.password)
+    if changes.get("email") not in (None, user.email):
+        other = queries.user_by_email(session, email=changes["email"])
+        if other is not None:
+            raise ApiError(409, ErrorCode.CONFLICT, "email already registered")
+    for name, value in changes.items():
+        setattr(user, name, value)
+    try:
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ApiError(409, ErrorCode.CONFLICT, "email already registered") from exc
+    return user_out(user)

@@ -1,0 +1,188 @@
+"""Single pictures: classification with a Grad-CAM explanation, and the batch ``/predict``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.requests import Request
+
+from api.deps import ContextDep, StaffUser
+from api.errors import ApiError, ErrorCode, responses
+from api.imaging import check_file_type, decode_base64, decode_plane, png_base64
+from api.inference import Classifier, ClassifierUnavailable
+from api.schemas import (
+    ClassesOut,
+    ClassifyOut,
+    ClassInfo,
+    Detection,
+    PredictOut,
+    PredictRequest,
+    PredictResult,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["classification"])
+
+OVERLAY_ALPHA = 0.4
+MAX_PICTURE_SIDE = 512  # the returned pictures; larger uploads are shown downsampled
+_UPLOAD_FIELD = "file"
+CLASS_DESCRIPTIONS = {
+    "glioma": "Glioma: a tumour of the glial cells, usually within the brain parenchyma.",
+    "meningioma": "Meningioma: a tumour of the meninges, outside the brain, often dural-based.",
+    "notumor": "No tumour: no tumour visible on the image.",
+    "pituitary": "Pituitary tumour: an adenoma of the pituitary gland, in the sella turcica.",
+}
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {_UPLOAD_FIELD: {"type": "string", "format": "binary"}},
+                    "required": [_UPLOAD_FIELD],
+                }
+            }
+        },
+    }
+}
+
+
+def _classification_error(exc: Exception) -> ApiError:
+    log.error("classifier unavailable", extra={"error": str(exc)})
+    return ApiError(500, ErrorCode.CLASSIFICATION_ERROR, "the classifier is not available")
+
+
+async def _uploaded_picture(request: Request) -> tuple[str, bytes]:
+    """The one file of a multipart form: its name and bytes (NO_FILE, EMPTY_FILENAME)."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            400, ErrorCode.NO_FILE, f"send the image as multipart field {_UPLOAD_FIELD!r}"
+        )
+    form = await request.form()
+    upload = form.get(_UPLOAD_FIELD)
+    if upload is None:
+        raise ApiError(400, ErrorCode.NO_FILE, f"no file in field {_UPLOAD_FIELD!r}")
+    if not isinstance(upload, StarletteUploadFile) or not upload.filename:
+        raise ApiError(400, ErrorCode.EMPTY_FILENAME, "the file has no name")
+    data = await upload.read()
+    if not data:
+        raise ApiError(400, ErrorCode.INVALID_IMAGE, "the file is empty")
+    return upload.filename, data
+
+
+def _display(image: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    scale = MAX_PICTURE_SIDE / max(image.shape)
+    if scale >= 1:
+        return image
+    return ndimage.zoom(image, scale, order=1)
+
+
+def _explained(classifier: Classifier, image: np.ndarray) -> ClassifyOut:
+    from scipy import ndimage
+
+    from models.overlay import blend, heatmap_rgb, to_grey
+
+    started = time.perf_counter()
+    plane = classifier.prepare(image)
+    prediction = classifier.predict([plane])[0]
+    heatmap = classifier.explain(plane, prediction.index)
+    shown = _display(image)
+    heat = ndimage.zoom(
+        heatmap, (shown.shape[0] / heatmap.shape[0], shown.shape[1] / heatmap.shape[1]), order=1
+    )
+    heat = np.clip(heat[: shown.shape[0], : shown.shape[1]], 0, 1)
+    manifest = classifier.manifest()
+    return ClassifyOut.model_validate(
+        {
+            "class": prediction.label,
+            "class_id": prediction.index,
+            "confidence": prediction.confidence,
+            "probabilities": prediction.probabilities,
+            "heatmap_overlay": png_base64(blend(shown, heat, OVERLAY_ALPHA)),
+            "original_image": png_base64(to_grey(shown)),
+            "heatmap_only": png_base64(heatmap_rgb(heat)),
+            "processing_time_ms": round((time.perf_counter() - started) * 1000, 1),
+            "timestamp": dt.datetime.now(dt.UTC),
+            "model": {"name": manifest.name, "version": manifest.version},
+        }
+    )
+
+
+@router.post(
+    "/api/classify",
+    response_model=ClassifyOut,
+    openapi_extra=_CLASSIFY_BODY,
+    responses=responses(400, 401, 403, 413, 415, 422, 500),
+)
+async def classify(_staff: StaffUser, context: ContextDep, request: Request) -> ClassifyOut:
+    """Classify one picture (PNG, JPEG, GIF, BMP, WebP or DICOM) and explain it with Grad-CAM."""
+    from starlette.concurrency import run_in_threadpool
+
+    filename, data = await _uploaded_picture(request)
+    check_file_type(filename, data)
+    image = await run_in_threadpool(decode_plane, data)
+    try:
+        result = await run_in_threadpool(_explained, context.classifier, image)
+    except ClassifierUnavailable as exc:
+        raise _classification_error(exc) from exc
+    context.metrics.classifications.inc()
+    return result
+
+
+@router.post(
+    "/predict", response_model=PredictOut, responses=responses(400, 401, 403, 413, 422, 500)
+)
+def predict(_staff: StaffUser, context: ContextDep, body: PredictRequest) -> PredictOut:
+    """Classify base64 pictures, all in one batch; each result lists every class, best first."""
+    planes = []
+    for index, value in enumerate(body.image):
+        image = decode_plane(decode_base64(value, index))
+        try:
+            planes.append(context.classifier.prepare(image))
+        except ClassifierUnavailable as exc:
+            raise _classification_error(exc) from exc
+    try:
+        predictions = context.classifier.predict(planes)
+    except ClassifierUnavailable as exc:
+        raise _classification_error(exc) from exc
+    context.metrics.classifications.inc(len(planes))
+    labels = context.classifier.manifest().labels
+    return PredictOut(
+        results=[
+            PredictResult(
+                id=index,
+                detections=[
+                    Detection(classId=labels.index(label), className=label, confidence=p)
+                    for label, p in sorted(
+                        prediction.probabilities.items(), key=lambda item: -item[1]
+                    )
+                ],
+            )
+            for index, prediction in enumerate(predictions)
+        ]
+    )
+
+
+@router.get("/api/classes", response_model=ClassesOut, responses=responses(500))
+def classes(context: ContextDep) -> ClassesOut:
+    """The classes the configured classifier tells apart."""
+    try:
+        manifest = context.classifier.manifest()
+    except ClassifierUnavailable as exc:
+        raise _classification_error(exc) from exc
+    return ClassesOut(
+        model={"name": manifest.name, "version": manifest.version},
+        classes=[
+            ClassInfo(id=i, name=label, description=CLASS_DESCRIPTIONS.get(label, label))
+            for i, label in enumerate(manifest.labels)
+        ],
+    )

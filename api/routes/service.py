@@ -1,0 +1,131 @@
+"""About the service: API info, health, metrics, dashboard numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from api import queries
+from api.context import ApiContext
+from api.deps import ContextDep, CurrentUser, SessionDep
+from api.errors import responses
+from api.routes.patients import own_patient_id
+from api.schemas import ApiInfo, Check, HealthOut, HealthState
+from models.registry import Task, manifest_for
+from neurogate.outbox import pending_count
+
+router = APIRouter(tags=["service"])
+
+API_VERSION = "1"
+
+
+@router.get("/", response_model=ApiInfo)
+def info() -> ApiInfo:
+    return ApiInfo(
+        name="NeuroGate API",
+        version=API_VERSION,
+        docs="/docs",
+        openapi="/openapi.json",
+        health="/api/health",
+    )
+
+
+def _database_check(context: ApiContext) -> Check:
+    try:
+        with context.session_factory()() as session:
+            session.execute(text("SELECT 1"))
+            pending = pending_count(session)
+    except SQLAlchemyError as exc:
+        return Check(status=HealthState.UNHEALTHY, detail={"error": type(exc).__name__})
+    return Check(status=HealthState.HEALTHY, detail={"outbox_pending": pending})
+
+
+def _models_check(context: ApiContext) -> Check:
+    configured = context.settings.models
+    paths = {
+        Task.DETECTION: configured.detection,
+        Task.CLASSIFICATION: configured.classification,
+        Task.SEGMENTATION: configured.segmentation,
+    }
+    detail: dict[str, object] = {}
+    healthy = True
+    for task, path in paths.items():
+        try:
+            manifest = manifest_for(task, path)
+        except (OSError, ValueError) as exc:
+            healthy = False
+            detail[task.value] = {"error": str(exc)[:200]}
+            continue
+        present = manifest.file.is_file()
+        healthy = healthy and present
+        detail[task.value] = {
+            "name": manifest.name,
+            "version": manifest.version,
+            "weights_present": present,
+        }
+    detail["classifier_loaded"] = context.classifier.loaded
+    return Check(status=HealthState.HEALTHY if healthy else HealthState.DEGRADED, detail=detail)
+
+
+def _exports_check(context: ApiContext) -> Check:
+    names = [d.name for d in context.settings.export.destinations]
+    return Check(
+        status=HealthState.HEALTHY if names else HealthState.DEGRADED,
+        detail={"destinations": names},
+    )
+
+
+def health_report(context: ApiContext) -> HealthOut:
+    """Healthy when everything is; unhealthy without the database; degraded otherwise."""
+    checks = {
+        "database": _database_check(context),
+        "models": _models_check(context),
+        "exports": _exports_check(context),
+    }
+    states = {check.status for check in checks.values()}
+    status = HealthState.HEALTHY
+    if checks["database"].status is HealthState.UNHEALTHY:
+        status = HealthState.UNHEALTHY
+    elif states != {HealthState.HEALTHY}:
+        status = HealthState.DEGRADED
+    return HealthOut(status=status, checks=checks)
+
+
+_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthOut, "description": "The database is unreachable"}
+}
+
+
+@router.get("/api/health", response_model=HealthOut, responses=_HEALTH_RESPONSES)
+def health(context: ContextDep) -> JSONResponse:
+    """Database, models and export destinations: healthy, degraded (200) or unhealthy (503)."""
+    report = health_report(context)
+    code = 503 if report.status is HealthState.UNHEALTHY else 200
+    return JSONResponse(report.model_dump(mode="json"), status_code=code)
+
+
+@router.get("/healthcheck", response_model=HealthOut, responses=_HEALTH_RESPONSES)
+def healthcheck(context: ContextDep) -> JSONResponse:
+    """The same as ``/api/health``, where load balancers look for it."""
+    return health(context)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus metrics"}},
+)
+def metrics(context: ContextDep) -> Response:
+    return Response(generate_latest(context.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/api/stats", response_model=dict[str, int], responses=responses(401))
+def stats(user: CurrentUser, session: SessionDep) -> dict[str, int]:
+    """Dashboard numbers: studies, and studies by the status of their latest analysis."""
+    own = own_patient_id(user)
+    return queries.study_counts(session, patient_id=own)

@@ -1,0 +1,77 @@
+"""The API as a service of the node (``neurogate api``, ``neurogate run``): uvicorn on a thread,
+and an outbox relay that publishes what the API enqueues."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from neurogate.bus import Bus
+from neurogate.outbox import service_relay
+from neurogate.settings import Settings
+from schemas.topics import Topic
+
+log = logging.getLogger(__name__)
+
+PUBLISHED_TOPICS = (Topic.ANALYSIS_REQUESTED,)
+_START_TIMEOUT_S = 30.0
+
+
+class ApiService:
+    """Serves the REST API until stopped.
+
+    Parameters
+    ----------
+    settings
+        Node settings; ``settings.api`` has the address.
+    sessions
+        The process' database session factory.
+    bus
+        Where the API's events (analysis requests) are published, through the outbox.
+    """
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
+        self._settings = settings
+        self.relay = service_relay(sessions, bus, settings.bus, PUBLISHED_TOPICS)
+        app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
+        config = uvicorn.Config(
+            app, host=settings.api.host, port=settings.api.port, log_config=None
+        )
+        self._server = uvicorn.Server(config)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        self._spawn("api-server", self._server.run)
+        self._spawn("api-outbox-relay", lambda: self.relay.run(self._stop))
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._server.started and time.monotonic() < deadline:
+            if not self._threads[0].is_alive():
+                raise RuntimeError("the API server stopped while starting")
+            time.sleep(0.05)
+        log.info(
+            "api started",
+            extra={"address": f"{self._settings.api.host}:{self._settings.api.port}"},
+        )
+
+    def stop(self) -> None:
+        """Finish the requests in hand, then stop serving and relaying."""
+        self._server.should_exit = True
+        self._stop.set()
+        self.relay.wake()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        self.relay.close()
+        log.info("api stopped")
+
+    def _spawn(self, name: str, target: object) -> None:
+        assert callable(target)
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)

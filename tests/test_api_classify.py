@@ -1,0 +1,242 @@
+"""Single pictures: ``/api/classify`` with Grad-CAM, the batch ``/predict``, ``/api/classes``.
+
+The classifier is loaded once for the module (TensorFlow takes seconds) and handed to each app.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from api.inference import Classifier
+from models.overlay import to_grey
+from models.registry import Task, default_manifest
+from neurogate.settings import ModelSettings, Settings
+from tests.test_api_support import (
+    add_patient,
+    add_user,
+    api_settings,
+    empty_filename_part,
+    error_code,
+    running_app,
+)
+
+LABELS = ["glioma", "meningioma", "notumor", "pituitary"]
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier(None)
+
+
+@pytest.fixture(scope="module")
+def brain_plane() -> np.ndarray:
+    """The FLAIR plane of a synthetic pituitary case where the tumour is largest."""
+    from models.training.data import make_example
+
+    example = make_example(50001, "pituitary")
+    k = int(np.argmax((example.label > 0).sum(axis=(1, 2))))
+    return np.asarray(example.image[3, k], dtype=np.float32)
+
+
+def png(plane: np.ndarray, size: tuple[int, int] | None = None) -> bytes:
+    image = Image.fromarray(to_grey(plane))
+    if size is not None:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def dicom(plane: np.ndarray) -> bytes:
+    ds = Dataset()
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = plane.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = (np.clip(plane, 0, None) * 1000).astype(np.uint16).tobytes()
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    data = tmp_path_factory.mktemp("classify")
+    return api_settings(data, f"sqlite:///{data / 'neurogate.sqlite'}")
+
+
+@pytest.fixture(scope="module")
+def client(settings: Settings, classifier: Classifier) -> Iterator[TestClient]:
+    with running_app(settings) as client:
+        client.app.state.context.classifier = classifier  # type: ignore[attr-defined]
+        yield client
+
+
+@pytest.fixture(scope="module")
+def staff(client: TestClient) -> dict[str, str]:
+    return add_user(client, "clin", "clinician")
+
+
+def picture(value: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(value)))
+
+
+def test_a_png_slice_is_classified_and_explained(
+    client: TestClient, staff: dict[str, str], brain_plane: np.ndarray
+) -> None:
+    response = client.post(
+        "/api/classify", files={"file": ("slice.png", png(brain_plane, (240, 192)))}, headers=staff
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["class"] in LABELS and LABELS[body["class_id"]] == body["class"]
+    assert set(body["probabilities"]) == set(LABELS)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["confidence"] == max(body["probabilities"].values())
+    overlay, original, heat = (
+        picture(body[k]) for k in ("heatmap_overlay", "original_image", "heatmap_only")
+    )
+    assert original.size == overlay.size == heat.size == (240, 192)
+    assert overlay.mode == heat.mode == "RGB" and original.mode == "L"
+    assert body["processing_time_ms"] > 0 and body["model"]["version"]
+
+
+def test_a_dicom_slice_is_classified(
+    client: TestClient, staff: dict[str, str], brain_plane: np.ndarray
+) -> None:
+    response = client.post(
+        "/api/classify", files={"file": ("IM0001", dicom(brain_plane))}, headers=staff
+    )
+    assert response.status_code == 200, response.text
+    assert picture(response.json()["original_image"]).size == (96, 120)
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "code"),
+    [
+        ({"image": ("a.png", b"x")}, 400, "NO_FILE"),
+        ({"file": ("notes.txt", b"hello")}, 415, "INVALID_FILE_TYPE"),
+        ({"file": ("scan.png", b"\x89PNG but not really")}, 400, "INVALID_IMAGE"),
+        ({"file": ("scan.dcm", b"\x00" * 128 + b"DICM" + b"\x00" * 10)}, 400, "INVALID_IMAGE"),
+        ({"file": ("empty.png", b"")}, 400, "INVALID_IMAGE"),
+    ],
+)
+def test_bad_pictures_are_refused_with_their_code(
+    client: TestClient, staff: dict[str, str], files: dict[str, Any], status: int, code: str
+) -> None:
+    response = client.post("/api/classify", files=files, headers=staff)
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+
+
+def test_a_blank_picture_is_unprocessable(client: TestClient, staff: dict[str, str]) -> None:
+    blank = png(np.zeros((64, 64), np.float32))
+    response = client.post("/api/classify", files={"file": ("b.png", blank)}, headers=staff)
+    assert response.status_code == 422 and error_code(response) == "INVALID_IMAGE"
+
+
+def test_a_file_without_a_name_and_no_multipart(client: TestClient, staff: dict[str, str]) -> None:
+    body, headers = empty_filename_part("file")
+    response = client.post("/api/classify", content=body, headers={**staff, **headers})
+    assert response.status_code == 400 and error_code(response) == "EMPTY_FILENAME"
+    not_multipart = client.post("/api/classify", json={"file": "x"}, headers=staff)
+    assert not_multipart.status_code == 400 and error_code(not_multipart) == "NO_FILE"
+
+
+def test_predict_classifies_a_batch_in_one_call(
+    client: TestClient, staff: dict[str, str], brain_plane: np.ndarray, classifier: Classifier
+) -> None:
+    calls = []
+    model = classifier._loaded_model()
+    original = model.predict
+
+    def counting(batch: np.ndarray, **kwargs: Any) -> Any:
+        calls.append(len(batch))
+        return original(batch, **kwargs)
+
+    images = [
+        base64.b64encode(png(brain_plane)).decode(),
+        "data:image/png;base64," + base64.b64encode(png(brain_plane, (300, 300))).decode(),
+        base64.b64encode(png(np.rot90(brain_plane).copy())).decode(),
+    ]
+    model.predict = counting
+    try:
+        response = client.post("/predict", json={"image": images}, headers=staff)
+    finally:
+        model.predict = original
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["id"] for r in results] == [0, 1, 2] and calls == [3]
+    for result in results:
+        confidences = [d["confidence"] for d in result["detections"]]
+        assert confidences == sorted(confidences, reverse=True)
+        assert {(d["classId"], d["className"]) for d in result["detections"]} == set(
+            enumerate(LABELS)
+        )
+    bad = client.post("/predict", json={"image": ["@@not base64@@"]}, headers=staff)
+    assert bad.status_code == 400 and error_code(bad) == "INVALID_IMAGE"
+    empty = client.post("/predict", json={"image": []}, headers=staff)
+    assert empty.status_code == 422 and error_code(empty) == "VALIDATION_ERROR"
+
+
+def test_classes_are_described(client: TestClient) -> None:
+    body = client.get("/api/classes").json()
+    assert [c["name"] for c in body["classes"]] == LABELS
+    assert all(c["description"] for c in body["classes"])
+
+
+def test_patients_may_not_classify(client: TestClient, brain_plane: np.ndarray) -> None:
+    add_patient(client, "P9")
+    patient = add_user(client, "pat9", "patient", patient_id="P9")
+    response = client.post(
+        "/api/classify", files={"file": ("s.png", png(brain_plane))}, headers=patient
+    )
+    assert response.status_code == 403 and error_code(response) == "FORBIDDEN"
+    anonymous = client.post("/api/classify", files={"file": ("s.png", png(brain_plane))})
+    assert anonymous.status_code == 401 and error_code(anonymous) == "UNAUTHORIZED"
+
+
+def test_a_picture_over_the_limit_is_413(tmp_path: Path, brain_plane: np.ndarray) -> None:
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_upload_mb=0.001)
+    with running_app(settings) as client:
+        staff = add_user(client, "clin", "clinician")
+        big = png(brain_plane, (512, 512))
+        response = client.post("/api/classify", files={"file": ("s.png", big)}, headers=staff)
+    assert response.status_code == 413 and error_code(response) == "FILE_TOO_LARGE"
+
+
+def test_an_altered_model_is_a_classification_error(
+    tmp_path: Path, brain_plane: np.ndarray
+) -> None:
+    shipped = default_manifest(Task.CLASSIFICATION)
+    manifest = tmp_path / "classification.toml"
+    text = shipped.read_text().replace("../classification/classifier.keras", "classifier.keras")
+    (tmp_path / "classifier.keras").write_bytes(b"tampered")
+    manifest.write_text(text)
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    settings = settings.model_copy(update={"models": ModelSettings(classification=manifest)})
+    with running_app(settings) as client:
+        staff = add_user(client, "clin", "clinician")
+        response = client.post(
+            "/api/classify", files={"file": ("s.png", png(brain_plane))}, headers=staff
+        )
+    assert response.status_code == 500 and error_code(response) == "CLASSIFICATION_ERROR"
+    assert "sha256" not in response.text
