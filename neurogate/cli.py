@@ -11,7 +11,8 @@ import logging
 import signal
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from neurogate.settings import Settings, get_settings
 
@@ -19,7 +20,15 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
     from sqlalchemy.orm import Session, sessionmaker
 
+    from inference_worker.pipeline import Models
+
 log = logging.getLogger("neurogate")
+
+
+class Service(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _wait_for_signal() -> None:
@@ -46,20 +55,47 @@ def _database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
     return engine, session_factory(engine)
 
 
-def cmd_listener(settings: Settings) -> int:
-    """Run the DICOM listener until SIGINT/SIGTERM."""
-    from dicom_listener.service import ListenerService
+def _load_models(settings: Settings) -> Models:
+    from inference_worker.pipeline import Models
+    from models.registry import Task, manifest_for
+
+    configured = {
+        Task.DETECTION: settings.models.detection,
+        Task.CLASSIFICATION: settings.models.classification,
+        Task.SEGMENTATION: settings.models.segmentation,
+    }
+    return Models.load_all({task: manifest_for(task, path) for task, path in configured.items()})
+
+
+def cmd_services(settings: Settings, names: Sequence[str]) -> int:
+    """Run the named services (listener, worker, api) in this process until SIGINT/SIGTERM."""
     from neurogate.bus import open_bus
 
     _prepare(settings)
     engine, sessions = _database(settings)
     bus = open_bus(settings.bus, settings.embedded_bus_path)
-    service = ListenerService(settings, sessions, bus)
-    service.start()
+    started: list[Service] = []
     try:
+        if "worker" in names:
+            from inference_worker.service import WorkerService
+
+            log.info("loading models")
+            started.append(WorkerService(settings, sessions, bus, _load_models(settings)))
+            started[-1].start()
+        if "listener" in names:
+            from dicom_listener.service import ListenerService
+
+            started.append(ListenerService(settings, sessions, bus))
+            started[-1].start()
+        if "api" in names:
+            from api.server import ApiService
+
+            started.append(ApiService(settings, sessions, bus))
+            started[-1].start()
         _wait_for_signal()
     finally:
-        service.stop()
+        for service in reversed(started):
+            service.stop()
         bus.close()
         engine.dispose()
     return 0
@@ -94,6 +130,16 @@ def cmd_studies(settings: Settings) -> int:
     return 0
 
 
+def cmd_analyze(settings: Settings, folder: Path) -> int:
+    """Run the analysis pipeline on a folder holding one DICOM study; print the findings."""
+    from inference_worker.pipeline import analyse, scan_folder
+
+    _prepare(settings)
+    analysis = analyse(scan_folder(folder), _load_models(settings))
+    print(analysis.findings.model_dump_json(indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurogate",
@@ -101,23 +147,30 @@ def build_parser() -> argparse.ArgumentParser:
         "NEUROGATE_* environment variables (see README).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the whole node in one process (all services available)")
+    sub.add_parser("run", help="run the whole node in one process: listener, worker and API")
     sub.add_parser("listener", help="run the DICOM listener (C-STORE/C-ECHO/MPPS SCP)")
+    sub.add_parser("worker", help="run an inference worker (consumer group member) and exporter")
+    sub.add_parser("api", help="run the REST API")
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     db_sub.add_parser("upgrade", help="apply the migrations up to the newest schema")
     sub.add_parser("studies", help="list the received studies")
+    analyze = sub.add_parser("analyze", help="analyse a folder of one DICOM study; print JSON")
+    analyze.add_argument("path", type=Path)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = get_settings()
-    if args.command in ("run", "listener"):
-        # The inference worker and the API join `run` as they are built (issues #3 and #5).
-        return cmd_listener(settings)
+    if args.command == "run":
+        return cmd_services(settings, ("listener", "worker", "api"))
+    if args.command in ("listener", "worker", "api"):
+        return cmd_services(settings, (args.command,))
     if args.command == "db":
         return cmd_db_upgrade(settings)
     if args.command == "studies":
         return cmd_studies(settings)
+    if args.command == "analyze":
+        return cmd_analyze(settings, args.path)
     raise AssertionError(f"unhandled command {args.command}")

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
@@ -119,6 +119,79 @@ class ModelSettings(BaseModel):
     segmentation: Path | None = None
 
 
+class ResultSettings(BaseModel):
+    """How the result objects (SEG, SR, Grad-CAM capture, PDF) are written."""
+
+    # Root of the UIDs the node creates; unset: UUID-derived "2.25." UIDs (no registration).
+    uid_root: str | None = None
+    manufacturer: str = "NeuroGate"
+    institution_name: str | None = None
+    station_name: str = "NEUROGATE"
+    # Series Numbers of the new series: base + 1 (SEG), + 2 (SR), + 3 (Grad-CAM), + 4 (PDF).
+    series_number_base: int = Field(9000, ge=0, le=2**31 - 10)
+
+    @field_validator("uid_root")
+    @classmethod
+    def _check_root(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        body = value.rstrip(".")
+        if not body or len(body) > 40 or not all(p.isdigit() for p in body.split(".")):
+            raise ValueError(f"uid_root must be dotted digits of at most 40 characters: {value!r}")
+        return body + "."
+
+
+class PacsDestination(BaseModel):
+    """A DICOM node that receives the results through C-STORE."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    tls_ca_file: Path | None = None  # set to send over TLS
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+
+class ExportSettings(BaseModel):
+    """Where results go and how hard the node tries (per object, per destination)."""
+
+    # JSON in the environment: NEUROGATE_EXPORT__DESTINATIONS='[{"name": "pacs", ...}]'
+    destinations: list[PacsDestination] = Field(default_factory=list)
+    calling_ae_title: str = "NEUROGATE"
+    max_attempts: int = Field(8, ge=1)
+    backoff_seconds: float = Field(5.0, gt=0)  # doubles after each failure, up to the maximum
+    backoff_max_seconds: float = Field(600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("calling_ae_title")
+    @classmethod
+    def _check_ae(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+
+class ApiSettings(BaseModel):
+    """The REST API for the portal."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    # Signs the access tokens; required in production, generated per process when local.
+    jwt_secret: SecretStr | None = None
+    access_token_minutes: int = Field(60, ge=1)
+    max_upload_mb: float = Field(512.0, gt=0)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    # The first admin account, created at start when no admin exists (no default password).
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+
+    _split = field_validator("cors_origins", mode="before")(_split_csv)
+
+
 class Settings(BaseSettings):
     """Everything a NeuroGate process reads from its environment."""
 
@@ -140,6 +213,9 @@ class Settings(BaseSettings):
     listener: ListenerSettings = ListenerSettings()
     bus: BusSettings = BusSettings()
     models: ModelSettings = ModelSettings()
+    results: ResultSettings = ResultSettings()
+    export: ExportSettings = ExportSettings()
+    api: ApiSettings = ApiSettings()
 
     @property
     def storage_root(self) -> Path:

@@ -7,7 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    Boolean,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -135,3 +138,150 @@ class PerformedProcedureStep(Base):
     referenced_instances: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime]
     updated_at: Mapped[dt.datetime]
+
+
+class AnalysisStatus:
+    """Values of ``Analysis.status``; the same words as the status events."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class Analysis(Base):
+    """One run of the pipeline for one request (a completed study, an upload, a re-run).
+
+    ``request_event_id`` makes processing idempotent: a redelivered event finds its row and
+    does not create a second result.
+    """
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    source: Mapped[str] = mapped_column(String(16))  # dicom, upload, rerun
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    step: Mapped[str | None] = mapped_column(String(32))
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    findings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime]
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+
+    objects: Mapped[list[ResultObject]] = relationship(
+        back_populates="analysis", cascade="all, delete-orphan", order_by="ResultObject.id"
+    )
+
+
+class ResultObject(Base):
+    """A DICOM object the node wrote for an analysis (SEG, SR, Grad-CAM capture, PDF)."""
+
+    __tablename__ = "result_objects"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(
+        ForeignKey("analyses.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # seg, sr, gradcam, pdf
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(255))  # relative to the storage root
+    created_at: Mapped[dt.datetime]
+
+    analysis: Mapped[Analysis] = relationship(back_populates="objects")
+    exports: Mapped[list[Export]] = relationship(
+        back_populates="result_object", cascade="all, delete-orphan", order_by="Export.id"
+    )
+
+
+class ExportStatus:
+    PENDING = "pending"  # not yet sent, or to be retried at next_attempt_at
+    SENT = "sent"
+    FAILED = "failed"  # parked after the last attempt; re-send from the API
+
+
+class Export(Base):
+    """The delivery of one result object to one destination; at most one row per pair."""
+
+    __tablename__ = "exports"
+    __table_args__ = (UniqueConstraint("result_object_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    result_object_id: Mapped[int] = mapped_column(
+        ForeignKey("result_objects.id", ondelete="CASCADE"), index=True
+    )
+    destination: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    dimse_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None]
+
+    result_object: Mapped[ResultObject] = relationship(back_populates="exports")
+
+
+class UserRole:
+    """Values of ``User.role``: what an account of the API may do."""
+
+    ADMIN = "admin"  # manages accounts and patients; everything a clinician may do
+    CLINICIAN = "clinician"  # reads every study, uploads, re-runs, re-sends
+    PATIENT = "patient"  # reads the studies of the one patient its account is linked to
+
+
+class Patient(Base):
+    """A patient known to the portal; studies belong to it through ``Study.patient_id``."""
+
+    __tablename__ = "patients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), unique=True)  # DICOM Patient ID
+    name: Mapped[str | None] = mapped_column(String(324))
+    birth_date: Mapped[dt.date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime]
+
+
+class User(Base):
+    """An account of the REST API; passwords are stored as bcrypt hashes only."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254), unique=True)
+    full_name: Mapped[str | None] = mapped_column(String(128))
+    title: Mapped[str | None] = mapped_column(String(64))
+    department: Mapped[str | None] = mapped_column(String(128))
+    institution: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    # Patient accounts only: the one patient whose studies the account may read.
+    patient_ref: Mapped[int | None] = mapped_column(
+        ForeignKey("patients.id", ondelete="RESTRICT"), index=True
+    )
+    password_hash: Mapped[str] = mapped_column(String(128))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime]
+
+    patient: Mapped[Patient | None] = relationship()
+
+
+class Upload(Base):
+    """Files uploaded through the API for one study, so that the study can be analysed again."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    input_format: Mapped[str] = mapped_column(String(16))  # nifti
+    # role (T1, T1CE, T2, FLAIR) -> file, relative to the storage root
+    files: Mapped[dict[str, Any]] = mapped_column(JSON)
+    uploaded_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
