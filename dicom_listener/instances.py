@@ -3,21 +3,29 @@
 Only the header is decoded, never pixel data. A dataset is rejected when it is not a complete
 DICOM stream (truncated or with trailing garbage), lacks the identifiers, or disagrees with the
 C-STORE request that carried it.
+
+Two readers give the same answers: :mod:`dicom_listener.part10` walks the encoded elements of
+the common encodings by their lengths, and pydicom decides every stream the walk does not cover
+or finds malformed (deflated and big endian streams, files without a preamble, damaged ones).
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from dicom_listener import part10
 from dicom_listener.status import Status
 from schemas.uids import validate_uid
 
@@ -41,13 +49,13 @@ class InvalidInstance(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class InstanceHeader:
     """Identifiers of one received instance, and its descriptive attributes on demand.
 
     Only the first instance of a study or series needs the descriptive attributes, so they are
-    converted from ``dataset`` when read rather than for every instance. The header lives as
-    long as the C-STORE being handled.
+    converted (with the dataset's character set) when read rather than for every instance.
+    The header lives as long as the C-STORE being handled.
     """
 
     sop_class_uid: str
@@ -55,7 +63,14 @@ class InstanceHeader:
     study_instance_uid: str
     series_instance_uid: str
     series_number: int | None
-    dataset: Dataset = field(repr=False, compare=False)
+    source: Dataset | dict[int, RawDataElement] = field(repr=False, compare=False)
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        """The attributes read, as a pydicom dataset (values converted on access)."""
+        if isinstance(self.source, Dataset):
+            return self.source
+        return Dataset({Tag(tag): element for tag, element in self.source.items()})
 
     @property
     def modality(self) -> str:
@@ -98,6 +113,34 @@ class InstanceHeader:
         return _text(self.dataset, "StudyDescription")
 
 
+# UIDs are decoded from their raw bytes (ASCII digits and dots, PS3.5 9.1): pydicom's
+# conversions, with their validation, are a tenth of the time spent on an instance.
+_UID_TAGS = {
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
+}
+_SERIES_NUMBER = 0x00200011
+# What the header's properties read, with the character set their text is decoded with.
+_DESCRIPTIVE_TAGS = frozenset(
+    {
+        0x00080005,  # SpecificCharacterSet
+        0x00080020,  # StudyDate
+        0x00080030,  # StudyTime
+        0x00080050,  # AccessionNumber
+        0x00080060,  # Modality
+        0x00081030,  # StudyDescription
+        0x0008103E,  # SeriesDescription
+        0x00100010,  # PatientName
+        0x00100020,  # PatientID
+        0x00100030,  # PatientBirthDate
+        0x00100040,  # PatientSex
+    }
+)
+_WANTED = frozenset({*_UID_TAGS.values(), _SERIES_NUMBER, *_DESCRIPTIVE_TAGS})
+
+
 def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
     """Read and check the header of the Part 10 file at ``path``.
 
@@ -114,19 +157,10 @@ def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> Ins
         With the DIMSE status to answer and a reason for the log.
     """
     try:
-        with path.open("rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            # A file no larger than the values pydicom would read anyway is read in one call
-            # and parsed in memory: parsing a file issues a seek per element, and every system
-            # call lets another association's thread take the GIL.
-            content = fh.readall() if size <= _DEFER_BYTES else None
-        ds = dcmread(BytesIO(content) if content is not None else path, defer_size=_DEFER_BYTES)
-        _check_complete(ds, path, size, content)
-        header = _header(ds)
-    except InvalidInstance:
-        raise
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
-        raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"unreadable dataset: {exc}") from exc
+        header = _walked_header(path)
+    except part10.NotWalkable as exc:
+        log.debug("header read with pydicom", extra={"path": str(path), "reason": str(exc)})
+        header = _pydicom_header(path)
     if header.sop_class_uid != sop_class_uid:
         raise InvalidInstance(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -138,6 +172,69 @@ def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> Ins
             f"dataset SOP Instance {header.sop_instance_uid} != requested {sop_instance_uid}",
         )
     return header
+
+
+def _walked_header(path: Path) -> InstanceHeader:
+    """The header from a walk over the file's bytes (memory-mapped: pixel data stays on disk).
+
+    Raises
+    ------
+    part10.NotWalkable
+        When pydicom must decide.
+    """
+    try:
+        with path.open("rb", buffering=0) as fh:
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise part10.NotWalkable("empty file")
+            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                walked = part10.walk(mapped, _WANTED)
+    except OSError as exc:
+        raise part10.NotWalkable(str(exc)) from exc
+    values = walked.values
+    elements = {
+        tag: RawDataElement(
+            Tag(tag), raw.vr, len(raw.value), raw.value, 0, walked.implicit_vr, True
+        )
+        for tag, raw in values.items()
+        if tag in _DESCRIPTIVE_TAGS
+    }
+    number = values.get(_SERIES_NUMBER)
+    return InstanceHeader(
+        sop_class_uid=_uid(values.get(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
+        sop_instance_uid=_uid(values.get(_UID_TAGS["SOPInstanceUID"]), "SOPInstanceUID"),
+        study_instance_uid=_uid(values.get(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
+        series_instance_uid=_uid(values.get(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"),
+        series_number=_integer(number.value if number is not None else None),
+        source=elements,
+    )
+
+
+def _pydicom_header(path: Path) -> InstanceHeader:
+    """The header as pydicom reads it, with the completeness checks pydicom does not make."""
+    try:
+        with path.open("rb", buffering=0) as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # A file no larger than the values pydicom would read anyway is read in one call
+            # and parsed in memory: parsing a file issues a seek per element, and every system
+            # call lets another association's thread take the GIL.
+            content = fh.readall() if size <= _DEFER_BYTES else None
+        ds = dcmread(BytesIO(content) if content is not None else path, defer_size=_DEFER_BYTES)
+        _check_complete(ds, path, size, content)
+        number = ds.get_item(_SERIES_NUMBER)
+        return InstanceHeader(
+            sop_class_uid=_uid(ds.get_item(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
+            sop_instance_uid=_uid(ds.get_item(_UID_TAGS["SOPInstanceUID"]), "SOPInstanceUID"),
+            study_instance_uid=_uid(ds.get_item(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
+            series_instance_uid=_uid(
+                ds.get_item(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"
+            ),
+            series_number=_integer(number.value if number is not None else None),
+            source=ds,
+        )
+    except InvalidInstance:
+        raise
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+        raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"unreadable dataset: {exc}") from exc
 
 
 def _check_complete(ds: Dataset, path: Path, size: int, content: bytes | None) -> None:
@@ -186,35 +283,28 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return str(value).strip() or None
 
 
-# UIDs are decoded from their raw bytes (ASCII digits and dots, PS3.5 9.1): four pydicom
-# conversions, with their validation, are a tenth of the time spent on an instance.
-_UID_TAGS = {
-    "SOPClassUID": 0x00080016,
-    "SOPInstanceUID": 0x00080018,
-    "StudyInstanceUID": 0x0020000D,
-    "SeriesInstanceUID": 0x0020000E,
-}
-
-
-def _uid(ds: Dataset, keyword: str) -> str:
-    element = ds.get_item(_UID_TAGS[keyword])
-    value = None if element is None else element.value
+def _uid(element: object, keyword: str) -> str:
+    """A UID from an element (or raw value) of either reader; refused when missing or invalid."""
+    value = getattr(element, "value", None)
     if not value:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"missing {keyword}")
     try:
         text = value.decode("ascii") if isinstance(value, bytes) else str(value)
-        return validate_uid(text.strip())
+        return validate_uid(text)
     except ValueError as exc:  # UnicodeDecodeError included
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"invalid {keyword}") from exc
 
 
-def _header(ds: Dataset) -> InstanceHeader:
-    series_number = getattr(ds, "SeriesNumber", None)
-    return InstanceHeader(
-        sop_class_uid=_uid(ds, "SOPClassUID"),
-        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-        study_instance_uid=_uid(ds, "StudyInstanceUID"),
-        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-        series_number=int(series_number) if series_number not in (None, "") else None,
-        dataset=ds,
-    )
+def _integer(value: object) -> int | None:
+    """An IS value as an integer; ``None`` when absent, multi-valued or not a number.
+
+    A Series Number only labels the series for people: an odd one is no reason to refuse the
+    instance.
+    """
+    if value is None:
+        return None
+    try:
+        text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+        return int(text.strip(" \x00"))
+    except ValueError:  # UnicodeDecodeError included
+        return None
