@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from copy import deepcopy
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pynetdicom
@@ -65,12 +66,16 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from dicom_listener.dimse_fast import FastDIMSEMessage
+from dicom_listener.fast_store import P_DATA_TF, StoreFunction, StoreReceiver
 
 # The pynetdicom release and the SHA-256 of each method whose loop is copied below.
 SUPPORTED_PYNETDICOM = "3.0.4"
 _UPSTREAM_DIGESTS = {
     "DULServiceProvider.run_reactor": (
         "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803"
+    ),
+    "DULServiceProvider._read_pdu_data": (
+        "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b"
     ),
     "DULServiceProvider.kill_dul": (
         "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842"
@@ -116,6 +121,7 @@ class UnsupportedPynetdicom(RuntimeError):
 def _upstream() -> dict[str, Callable[..., Any]]:
     return {
         "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
+        "DULServiceProvider._read_pdu_data": DULServiceProvider._read_pdu_data,
         "DULServiceProvider.kill_dul": DULServiceProvider.kill_dul,
         "DULServiceProvider.stop_dul": DULServiceProvider.stop_dul,
         "Association._run_reactor": Association._run_reactor,
@@ -299,6 +305,8 @@ class EventDrivenDUL(DULServiceProvider):
 
     def __init__(self, assoc: Association) -> None:
         super().__init__(assoc)
+        # Set by the request handler when the server has a C-STORE fast path
+        self.store_receiver: StoreReceiver | None = None
         self._wake_up = _WakeUp()
         self.to_provider_queue = _SignallingQueue(self._wake_up.set)
         self.event_queue = _SignallingQueue(self._wake_up.set)
@@ -339,6 +347,96 @@ class EventDrivenDUL(DULServiceProvider):
             self._run_reactor_loop()
         finally:
             self._wake_up.close()
+            if self.store_receiver is not None:
+                self.store_receiver.discard()
+
+    def _read_pdu_data(self) -> None:
+        """pynetdicom 3.0.4's ``DULServiceProvider._read_pdu_data``; C-STORE PDUs short-cut.
+
+        Changed from pynetdicom: once a PDU is read whole, a P-DATA-TF PDU in an established
+        association is offered to the C-STORE fast path (:mod:`dicom_listener.fast_store`);
+        any other PDU ends a data set in progress there. What the fast path declines is
+        decoded and put on the state machine's queue exactly as before.
+        """
+        bytestream = bytearray()
+        self.socket = cast("AssociationSocket", self.socket)
+        log = pynetdicom.dul.LOGGER
+
+        # Try and read the PDU type and length from the socket
+        try:
+            bytestream.extend(self.socket.recv(6))
+        except (OSError, TimeoutError) as exc:
+            # READ_PDU_EXC_A
+            log.error("Connection closed before the entire PDU was received")
+            log.exception(exc)
+            # Evt17: Transport connection closed
+            self.event_queue.put("Evt17")
+            return
+
+        try:
+            # Byte 1 is always the PDU type
+            # Byte 2 is always reserved
+            # Bytes 3-6 are always the PDU length
+            pdu_type, _, pdu_length = struct.unpack(">BBL", bytestream)
+        except struct.error:
+            # READ_PDU_EXC_B
+            # Evt17: Transport connection closed
+            self.event_queue.put("Evt17")
+            return
+
+        # If the `pdu_type` is unrecognised
+        if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
+            # READ_PDU_EXC_C
+            log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
+            # Evt19: Unrecognised or invalid PDU received
+            self.event_queue.put("Evt19")
+            return
+
+        # Try and read the rest of the PDU
+        try:
+            bytestream += self.socket.recv(pdu_length)
+        except (OSError, TimeoutError) as exc:
+            # READ_PDU_EXC_D
+            log.error("Connection closed before the entire PDU was received")
+            log.exception(exc)
+            # Evt17: Transport connection closed
+            self.event_queue.put("Evt17")
+            return
+
+        # Check that the PDU data was completely read
+        if len(bytestream) != 6 + pdu_length:
+            # READ_PDU_EXC_E
+            # Evt17: Transport connection closed
+            log.error(
+                f"The received PDU is shorter than expected ({len(bytestream)} of "
+                f"{6 + pdu_length} bytes received)"
+            )
+            self.event_queue.put("Evt17")
+            return
+
+        # Changed from pynetdicom: the C-STORE fast path. A ProtocolViolation it raises ends
+        # in the reactor loop's handler, which aborts the association.
+        receiver = self.store_receiver
+        if receiver is not None:
+            if pdu_type == P_DATA_TF and self.state_machine.current_state == "Sta6":
+                if receiver.take(bytestream):
+                    return
+            else:
+                receiver.discard()
+
+        try:
+            # Decode the PDU data, get corresponding FSM event
+            pdu, event = self._decode_pdu(bytestream)
+            self.event_queue.put(event)
+        except Exception as exc:
+            # READ_PDU_EXC_F
+            log.error("Unable to decode the received PDU data")
+            log.exception(exc)
+            # Evt19: Unrecognised or invalid PDU received
+            self.event_queue.put("Evt19")
+            return
+
+        self._recv_pdu.put(pdu)
 
     def _run_reactor_loop(self) -> None:
         # Main DUL loop
@@ -494,6 +592,13 @@ class EventDrivenRequestHandler(RequestHandler):
 
         sock = _WholeReadSocket(assoc, client_socket=self.request)
         assoc.set_socket(sock)
+        # Changed from pynetdicom: the C-STORE fast path, where the server has one
+        fast_store: tuple[StoreFunction, Path] | None = getattr(self.server, "fast_store", None)
+        if fast_store is not None:
+            store, tmp_dir = fast_store
+            cast(EventDrivenDUL, assoc.dul).store_receiver = StoreReceiver(
+                assoc, store, tmp_dir, sock.send
+            )
 
         # Association Acceptor object -> local AE
         server = cast(AssociationServer, self.server)
@@ -520,9 +625,18 @@ class EventDrivenRequestHandler(RequestHandler):
 
 
 def start_server(
-    ae: ApplicationEntity, address: tuple[str, int], **kwargs: Any
+    ae: ApplicationEntity,
+    address: tuple[str, int],
+    *,
+    fast_store: tuple[StoreFunction, Path] | None = None,
+    **kwargs: Any,
 ) -> ThreadedAssociationServer:
-    """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations."""
+    """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
+
+    ``fast_store``: the store function and temporary folder of the C-STORE fast path
+    (:class:`~dicom_listener.fast_store.StoreReceiver`); without it every C-STORE goes through
+    pynetdicom's service class and the ``EVT_C_STORE`` handler.
+    """
     check_supported()
     server = ae.make_server(
         address,
@@ -530,6 +644,7 @@ def start_server(
         request_handler=EventDrivenRequestHandler,
         **kwargs,
     )
+    server.fast_store = fast_store  # type: ignore[attr-defined]
     timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
     thread = threading.Thread(
         target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True

@@ -26,6 +26,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
@@ -98,12 +99,12 @@ def build_ssl_context(settings: ListenerSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _association_ids(event: Event) -> dict[str, object]:
-    requestor = event.assoc.requestor
+def _association_ids(assoc: Association) -> dict[str, object]:
+    requestor = assoc.requestor
     return {
         "calling_ae": requestor.ae_title,
         "peer": f"{requestor.address}:{requestor.port}",
-        "assoc": event.assoc.native_id,
+        "assoc": assoc.native_id,
     }
 
 
@@ -130,30 +131,45 @@ class StorageSCP:
         ]
 
     def on_echo(self, event: Event) -> int:
-        log.info("C-ECHO", extra=_association_ids(event))
+        log.info("C-ECHO", extra=_association_ids(event.assoc))
         return Status.SUCCESS
 
     def on_accepted(self, event: Event) -> None:
-        log.info("association accepted", extra=_association_ids(event))
+        log.info("association accepted", extra=_association_ids(event.assoc))
 
     def on_rejected(self, event: Event) -> None:
-        log.warning("association rejected", extra=_association_ids(event))
+        log.warning("association rejected", extra=_association_ids(event.assoc))
 
     def on_aborted(self, event: Event) -> None:
-        log.warning("association aborted", extra=_association_ids(event))
+        log.warning("association aborted", extra=_association_ids(event.assoc))
 
     def on_store(self, event: Event) -> int:
+        """``EVT_C_STORE``: a request that pynetdicom received (the fast path declined it)."""
         request = cast(C_STORE, event.request)
         sop_class = str(request.AffectedSOPClassUID)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        ids = {**_association_ids(event), "sop_instance_uid": sop_uid}
         if self._store.free_bytes() < self._min_free_bytes:
+            ids = {**_association_ids(event.assoc), "sop_instance_uid": sop_uid}
             log.error("refusing instance: storage volume is nearly full", extra=ids)
             return Status.OUT_OF_RESOURCES
         try:
             tmp = self._take_dataset(event)
         except OSError as exc:
+            ids = {**_association_ids(event.assoc), "sop_instance_uid": sop_uid}
             log.error("could not write received instance", extra={**ids, "error": str(exc)})
+            return Status.OUT_OF_RESOURCES
+        return self.store_received(tmp, sop_class, sop_uid, event.assoc)
+
+    def store_received(self, tmp: Path, sop_class: str, sop_uid: str, assoc: Association) -> int:
+        """Decide on a received instance, a Part 10 file in the store's ``tmp/`` that this owns.
+
+        Both receive paths end here: :meth:`on_store` and the fast path of
+        :mod:`dicom_listener.fast_store`. Returns the DIMSE status to answer.
+        """
+        ids = {**_association_ids(assoc), "sop_instance_uid": sop_uid}
+        if self._store.free_bytes() < self._min_free_bytes:
+            tmp.unlink(missing_ok=True)
+            log.error("refusing instance: storage volume is nearly full", extra=ids)
             return Status.OUT_OF_RESOURCES
         try:
             header = read_header(tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
@@ -176,8 +192,8 @@ class StorageSCP:
             self._tracker.record(
                 header,
                 outcome,
-                calling_ae=event.assoc.requestor.ae_title,
-                called_ae=event.assoc.acceptor.ae_title,
+                calling_ae=assoc.requestor.ae_title,
+                called_ae=assoc.acceptor.ae_title,
             )
         except SQLAlchemyError:
             # Without its study marked as receiving, a restart could not resume the study.

@@ -93,6 +93,9 @@ class ListenerService:
             (settings.host, settings.port),
             evt_handlers=handlers,
             ssl_context=build_ssl_context(settings),
+            fast_store=(self._storage.store_received, self.store.tmp_dir)
+            if settings.fast_store
+            else None,
         )
         self._spawn("completion-timer", self._completion_loop)
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))

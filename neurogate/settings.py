@@ -50,6 +50,9 @@ class ListenerSettings(BaseModel):
     completion_check_seconds: float = Field(1.0, gt=0)
     # Receive datasets straight to disk (memory stays flat for large instances).
     chunked_receive: bool = True
+    # C-STORE requests handled on the network thread (dicom_listener.fast_store); off: every
+    # request goes through pynetdicom's service class, as any other DIMSE message does
+    fast_store: bool = True
     fsync: bool = True
     max_pdu_size: int = Field(0, ge=0)  # 0: no limit on what peers may send in one PDU
     acse_timeout_seconds: float = 30.0

@@ -64,9 +64,11 @@ def stored_path(settings: Settings, source: Path) -> Path:
     )
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
-    return make_settings(tmp_path / "node", database_url)
+@pytest.fixture(params=["fast-store", "pynetdicom-store"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Settings:
+    """Each test runs on both receive paths: the listener's C-STORE fast path and pynetdicom's
+    service class (what the fast path declines goes there)."""
+    return make_settings(tmp_path / "node", database_url, fast_store=request.param == "fast-store")
 
 
 @pytest.fixture
