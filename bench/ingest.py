@@ -1,7 +1,8 @@
 """Ingest benchmark: dcmtk storescu → dcmtk storescp vs. → the NeuroGate listener, same run.
 
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
-their ratio, and the listener's peak memory. Rounds alternate between the receivers so that
+their ratio, and the listener's peak memory; a third row runs the listener with its fsyncs off
+(storescp does not fsync) to show what durability costs. Rounds alternate between the receivers so that
 machine noise hits both alike; the median round is reported. ``--memory 500,2000`` instead
 sends studies of each size to a fresh listener and prints its peak memory for each: flat memory
 means the peaks do not grow with the number of images.
@@ -81,7 +82,7 @@ def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def listener(folder: Path, port: int) -> subprocess.Popen[bytes]:
+def listener(folder: Path, port: int, *, fsync: bool = True) -> subprocess.Popen[bytes]:
     env = {
         **ENV,
         "PYTHONPATH": str(REPO),
@@ -90,6 +91,7 @@ def listener(folder: Path, port: int) -> subprocess.Popen[bytes]:
         "NEUROGATE_LISTENER__MIN_FREE_DISK_MB": "0",
         "NEUROGATE_LISTENER__STUDY_QUIET_SECONDS": "3600",
         "NEUROGATE_LOG_LEVEL": "WARNING",
+        "NEUROGATE_LISTENER__FSYNC": "true" if fsync else "false",
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dicom_listener"],
@@ -129,6 +131,19 @@ def write_study(folder: Path, images: int, size: int) -> tuple[list[Path], float
     return study.files, sum(f.stat().st_size for f in study.files) / 1e6
 
 
+def listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """The listener with its fsyncs turned off: not durable, so never how it runs; it shows
+    what durability costs apart from the protocol and the checks."""
+    return listener(folder, port, fsync=False)
+
+
+RECEIVERS: dict[str, Callable[[Path, int], subprocess.Popen[bytes]]] = {
+    "dcmtk storescp": storescp,
+    "neurogate listener": listener,
+    "  (fsync off)": listener_without_fsync,
+}
+
+
 def throughput(args: argparse.Namespace, data: Path) -> None:
     files, megabytes = write_study(data, args.images, args.size)
     print(
@@ -137,10 +152,10 @@ def throughput(args: argparse.Namespace, data: Path) -> None:
     )
     print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
     for associations in (1, args.associations):
-        times: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
-        peaks: dict[str, list[float]] = {"dcmtk storescp": [], "neurogate listener": []}
+        times: dict[str, list[float]] = {name: [] for name in RECEIVERS}
+        peaks: dict[str, list[float]] = {name: [] for name in RECEIVERS}
         for _ in range(args.rounds):
-            for name, start in (("dcmtk storescp", storescp), ("neurogate listener", listener)):
+            for name, start in RECEIVERS.items():
                 seconds, peak = run_once(start, files, associations)
                 times[name].append(seconds)
                 peaks[name].append(peak)

@@ -141,6 +141,32 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax:
     return _explicit(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
+_C_STORE_RSP = 0x8001
+
+
+def _command_element(element: int, value: bytes) -> bytes:
+    """One command set element: group 0000, Implicit VR Little Endian (PS3.7 6.3.1)."""
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+def encode_store_rsp(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, status: int
+) -> bytes:
+    """The command set of a C-STORE-RSP with these values, byte for byte as pynetdicom encodes
+    a response without error comment or offending element (the UIDs must be ASCII)."""
+    body = b"".join(
+        (
+            _command_element(0x0002, _ui(sop_class_uid)),
+            _command_element(0x0100, struct.pack("<H", _C_STORE_RSP)),
+            _command_element(0x0120, struct.pack("<H", message_id)),
+            _command_element(0x0800, struct.pack("<H", _NO_DATA_SET)),
+            _command_element(0x0900, struct.pack("<H", status)),
+            _command_element(0x1000, _ui(sop_instance_uid)),
+        )
+    )
+    return _command_element(0x0000, struct.pack("<I", len(body))) + body
+
+
 class C_STORE_RQ(dimse_messages.C_STORE_RQ):
     """A C-STORE-RQ whose command set was parsed by :func:`parse_store_request`."""
 

@@ -34,7 +34,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from dicom_listener.dimse_fast import encode_file_meta, parse_store_request
+from dicom_listener.dimse_fast import encode_file_meta, encode_store_rsp, parse_store_request
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -270,18 +270,17 @@ class StoreReceiver:
         self._respond(incoming, status)
 
     def _respond(self, incoming: _Incoming, status: int) -> None:
-        # Imported here: dicom_listener.reactor imports this module.
-        from dicom_listener.reactor import encode_store_response
-
-        response = C_STORE()
-        response.MessageIDBeingRespondedTo = incoming.message_id
-        response.AffectedSOPClassUID = incoming.sop_class_uid
-        response.AffectedSOPInstanceUID = incoming.sop_instance_uid
-        response.Status = status
-        encoded = encode_store_response(response)
+        encoded = encode_store_rsp(
+            incoming.message_id, incoming.sop_class_uid, incoming.sop_instance_uid, status
+        )
         peer_maximum = self._assoc.requestor.maximum_length or 0
-        if encoded is None or (peer_maximum and len(encoded) + _PDV_HEADER > peer_maximum):
-            self._assoc.dimse.send_msg(response, incoming.context_id)  # fragments it
+        if peer_maximum and len(encoded) + _PDV_HEADER > peer_maximum:
+            response = C_STORE()  # pynetdicom fragments it
+            response.MessageIDBeingRespondedTo = incoming.message_id
+            response.AffectedSOPClassUID = incoming.sop_class_uid
+            response.AffectedSOPInstanceUID = incoming.sop_instance_uid
+            response.Status = status
+            self._assoc.dimse.send_msg(response, incoming.context_id)
             return
         pdv = struct.pack(">IBB", len(encoded) + 2, incoming.context_id, _COMMAND | _LAST_FRAGMENT)
         self._send(struct.pack(">BBI", P_DATA_TF, 0, len(pdv) + len(encoded)) + pdv + encoded)

@@ -63,14 +63,23 @@ class InstanceHeader:
     study_instance_uid: str
     series_instance_uid: str
     series_number: int | None
-    source: Dataset | dict[int, RawDataElement] = field(repr=False, compare=False)
+    source: Dataset | part10.Walked = field(repr=False, compare=False)
 
     @cached_property
     def dataset(self) -> Dataset:
         """The attributes read, as a pydicom dataset (values converted on access)."""
         if isinstance(self.source, Dataset):
             return self.source
-        return Dataset({Tag(tag): element for tag, element in self.source.items()})
+        implicit = self.source.implicit_vr
+        return Dataset(
+            {
+                Tag(tag): RawDataElement(
+                    Tag(tag), raw.vr, len(raw.value), raw.value, 0, implicit, True
+                )
+                for tag, raw in self.source.values.items()
+                if tag in _DESCRIPTIVE_TAGS
+            }
+        )
 
     @property
     def modality(self) -> str:
@@ -191,13 +200,6 @@ def _walked_header(path: Path) -> InstanceHeader:
     except OSError as exc:
         raise part10.NotWalkable(str(exc)) from exc
     values = walked.values
-    elements = {
-        tag: RawDataElement(
-            Tag(tag), raw.vr, len(raw.value), raw.value, 0, walked.implicit_vr, True
-        )
-        for tag, raw in values.items()
-        if tag in _DESCRIPTIVE_TAGS
-    }
     number = values.get(_SERIES_NUMBER)
     return InstanceHeader(
         sop_class_uid=_uid(values.get(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
@@ -205,7 +207,7 @@ def _walked_header(path: Path) -> InstanceHeader:
         study_instance_uid=_uid(values.get(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
         series_instance_uid=_uid(values.get(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"),
         series_number=_integer(number.value if number is not None else None),
-        source=elements,
+        source=walked,
     )
 
 

@@ -29,6 +29,7 @@ pynetdicom other than the release and the source (by SHA-256) they were copied f
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import inspect
 import queue
@@ -39,7 +40,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from copy import deepcopy
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -65,7 +65,7 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
-from dicom_listener.dimse_fast import FastDIMSEMessage
+from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
 from dicom_listener.fast_store import P_DATA_TF, StoreFunction, StoreReceiver
 
 # The pynetdicom release and the SHA-256 of each method whose loop is copied below.
@@ -227,20 +227,6 @@ class _WholeReadSocket(AssociationSocket):
         return buffer
 
 
-_C_STORE_RSP = 0x8001
-_NO_DATA_SET = 0x0101
-
-
-def _element(group: int, element: int, value: bytes) -> bytes:
-    """One implicit VR little endian element (the encoding of every DIMSE command set)."""
-    return struct.pack("<HHI", group, element, len(value)) + value
-
-
-def _uid_value(uid: str) -> bytes:
-    value = uid.encode("ascii")
-    return value + b"\0" if len(value) % 2 else value
-
-
 def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a plain C-STORE-RSP, as pynetdicom would encode it.
 
@@ -256,17 +242,12 @@ def encode_store_response(primitive: C_STORE) -> bytes | None:
         or not primitive.AffectedSOPInstanceUID
     ):
         return None
-    body = b"".join(
-        (
-            _element(0x0000, 0x0002, _uid_value(primitive.AffectedSOPClassUID)),
-            _element(0x0000, 0x0100, struct.pack("<H", _C_STORE_RSP)),
-            _element(0x0000, 0x0120, struct.pack("<H", primitive.MessageIDBeingRespondedTo)),
-            _element(0x0000, 0x0800, struct.pack("<H", _NO_DATA_SET)),
-            _element(0x0000, 0x0900, struct.pack("<H", primitive.Status)),
-            _element(0x0000, 0x1000, _uid_value(primitive.AffectedSOPInstanceUID)),
-        )
+    return encode_store_rsp(
+        primitive.MessageIDBeingRespondedTo,
+        primitive.AffectedSOPClassUID,
+        primitive.AffectedSOPInstanceUID,
+        primitive.Status,
     )
-    return _element(0x0000, 0x0000, struct.pack("<I", len(body))) + body
 
 
 class _StoreResponseDIMSE(DIMSEServiceProvider):
@@ -607,7 +588,12 @@ class EventDrivenRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(server.contexts)
+        # Changed from pynetdicom: a copy of each context, not a deep copy of them all.
+        # Negotiation only reads the acceptor's contexts (a new PresentationContext holds each
+        # result); deep-copying the storage classes with their transfer syntaxes took 50 ms
+        # of CPU per association, a quarter of a millisecond per instance for a scanner that
+        # opens one association per series.
+        assoc.acceptor.supported_contexts = [copy.copy(cx) for cx in server.contexts]
 
         # Association Requestor object -> remote AE
         assoc.requestor.address_info = self.remote
