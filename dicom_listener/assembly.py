@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from sqlalchemy import select
@@ -51,7 +52,13 @@ class _SeriesState:
     number: int | None
     description: str
     sop_classes: set[str] = field(default_factory=set)
-    count: int = 0
+    # SOP Instance UIDs, not a counter: an instance counted from disk when its study is
+    # (re)opened may be reported once more by the association that stored it just before.
+    instances: set[str] = field(default_factory=set)
+
+    @property
+    def count(self) -> int:
+        return len(self.instances)
 
 
 @dataclass
@@ -83,9 +90,26 @@ class _StudyState:
             )
             self.series[series.uid] = series
         series.sop_classes.add(header.sop_class_uid)
-        series.count += 1
+        series.instances.add(header.sop_instance_uid)
         if self.awaited is not None:
             self.awaited.discard((header.series_instance_uid, header.sop_instance_uid))
+
+
+class TrackerUnreachable(Exception):
+    """A receiver process could not have an instance recorded by the listener process."""
+
+
+class InstanceRecorder(Protocol):
+    """What the SCP handlers report to: the :class:`StudyTracker`, or a receiver process's
+    client of the listener process's tracker (:mod:`dicom_listener.receivers`)."""
+
+    def record(
+        self, header: InstanceHeader, outcome: StoreOutcome, *, calling_ae: str, called_ae: str
+    ) -> None:
+        """Account for a durably stored instance; raise if it could not be recorded."""
+
+    def procedure_step_completed(self, study_uid: str, referenced: Iterable[InstanceRef]) -> None:
+        """A modality's MPPS step is COMPLETED."""
 
 
 class StudyTracker:
@@ -400,7 +424,7 @@ def _add_from_file(state: _StudyState, series_uid: str, path: Path) -> None:
         )
         state.series[series_uid] = series
     series.sop_classes.add(str(ds.SOPClassUID))
-    series.count += 1
+    series.instances.add(path.name.removesuffix(DICOM_SUFFIX))
 
 
 def _completed_step_refs(session: Session, study_uid: str) -> set[InstanceRef]:
