@@ -1,11 +1,13 @@
 """Ingest benchmark: dcmtk storescu → dcmtk storescp vs. → the NeuroGate listener, same run.
 
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
-their ratio, and the listener's peak memory; a third row runs the listener with its fsyncs off
-(storescp does not fsync) to show what durability costs. Rounds alternate between the receivers so that
-machine noise hits both alike; the median round is reported. ``--memory 500,2000`` instead
-sends studies of each size to a fresh listener and prints its peak memory for each: flat memory
-means the peaks do not grow with the number of images.
+their ratio, and the listener's peak memory. Extra rows: the listener with its fsyncs off
+(storescp does not fsync), to show what durability costs; and, with concurrent associations,
+the listener with receiver processes (``listener.processes``, peak memory summed). Rounds
+alternate between the receivers so that machine noise hits all alike; the median round is
+reported. ``--memory 500,2000`` instead sends studies of each size to a fresh listener and
+prints its peak memory for each: flat memory means the peaks do not grow with the number of
+images.
 
     .venv/bin/python bench/ingest.py --images 2000 --rounds 3
     .venv/bin/python bench/ingest.py --memory 500,2000
@@ -82,7 +84,9 @@ def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
-def listener(folder: Path, port: int, *, fsync: bool = True) -> subprocess.Popen[bytes]:
+def listener(
+    folder: Path, port: int, *, fsync: bool = True, processes: int = 1
+) -> subprocess.Popen[bytes]:
     env = {
         **ENV,
         "PYTHONPATH": str(REPO),
@@ -92,6 +96,7 @@ def listener(folder: Path, port: int, *, fsync: bool = True) -> subprocess.Popen
         "NEUROGATE_LISTENER__STUDY_QUIET_SECONDS": "3600",
         "NEUROGATE_LOG_LEVEL": "WARNING",
         "NEUROGATE_LISTENER__FSYNC": "true" if fsync else "false",
+        "NEUROGATE_LISTENER__PROCESSES": str(processes),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dicom_listener"],
@@ -102,10 +107,15 @@ def listener(folder: Path, port: int, *, fsync: bool = True) -> subprocess.Popen
 
 
 def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of ``pid`` and its descendants (receiver processes), summed."""
+    total = 0.0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+            total += int(line.split()[1]) / 1024
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            total += peak_rss_mb(int(child))
+    return total
 
 
 def run_once(
@@ -137,11 +147,24 @@ def listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[bytes]:
     return listener(folder, port, fsync=False)
 
 
-RECEIVERS: dict[str, Callable[[Path, int], subprocess.Popen[bytes]]] = {
+Receiver = Callable[[Path, int], subprocess.Popen[bytes]]
+RECEIVERS: dict[str, Receiver] = {
     "dcmtk storescp": storescp,
     "neurogate listener": listener,
     "  (fsync off)": listener_without_fsync,
 }
+
+
+def receivers_for(associations: int, processes: int) -> dict[str, Receiver]:
+    """The receivers to compare; with concurrent associations, also the listener with
+    ``processes`` receiver processes."""
+    if associations == 1 or processes < 2:
+        return RECEIVERS
+
+    def multi(folder: Path, port: int) -> subprocess.Popen[bytes]:
+        return listener(folder, port, processes=processes)
+
+    return {**RECEIVERS, f"  ({processes} processes)": multi}
 
 
 def throughput(args: argparse.Namespace, data: Path) -> None:
@@ -152,10 +175,11 @@ def throughput(args: argparse.Namespace, data: Path) -> None:
     )
     print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
     for associations in (1, args.associations):
-        times: dict[str, list[float]] = {name: [] for name in RECEIVERS}
-        peaks: dict[str, list[float]] = {name: [] for name in RECEIVERS}
+        receivers = receivers_for(associations, args.processes)
+        times: dict[str, list[float]] = {name: [] for name in receivers}
+        peaks: dict[str, list[float]] = {name: [] for name in receivers}
         for _ in range(args.rounds):
-            for name, start in RECEIVERS.items():
+            for name, start in receivers.items():
                 seconds, peak = run_once(start, files, associations)
                 times[name].append(seconds)
                 peaks[name].append(peak)
@@ -189,6 +213,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="rows = columns of each image")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--associations", type=int, default=4)
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="receiver processes of the extra listener row for concurrent associations",
+    )
     parser.add_argument(
         "--memory",
         metavar="N,N",

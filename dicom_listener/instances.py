@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from io import BytesIO
 from pathlib import Path
@@ -80,6 +80,17 @@ class InstanceHeader:
                 if tag in _DESCRIPTIVE_TAGS
             }
         )
+
+    def portable(self) -> InstanceHeader:
+        """This header with only what its properties read, to send to another process."""
+        if not isinstance(self.source, Dataset):
+            return replace(self)  # the walked values are what the properties read
+        descriptive = Dataset()
+        for tag in _DESCRIPTIVE_TAGS:
+            element = self.source.get_item(tag)
+            if element is not None:
+                descriptive[tag] = element
+        return replace(self, source=descriptive)
 
     @property
     def modality(self) -> str:

@@ -17,7 +17,12 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_listener.assembly import MPPS_COMPLETED, InstanceRef, StudyTracker
+from dicom_listener.assembly import (
+    MPPS_COMPLETED,
+    InstanceRecorder,
+    InstanceRef,
+    TrackerUnreachable,
+)
 from dicom_listener.status import Status
 from neurogate.db.models import PerformedProcedureStep
 from schemas.uids import validate_uid
@@ -52,7 +57,7 @@ def _study_uid(ds: Dataset) -> str | None:
 class ProcedureStepSCP:
     """N-CREATE and N-SET handlers for MPPS, bound at start-up."""
 
-    def __init__(self, sessions: sessionmaker[Session], tracker: StudyTracker) -> None:
+    def __init__(self, sessions: sessionmaker[Session], tracker: InstanceRecorder) -> None:
         self._sessions = sessions
         self._tracker = tracker
 
@@ -127,5 +132,9 @@ class ProcedureStepSCP:
             return Status.PROCESSING_FAILURE, None
         log.info("MPPS step updated", extra={**ids, "status": str(new_status), "study": study_uid})
         if completed and study_uid:
-            self._tracker.procedure_step_completed(study_uid, awaited)
+            try:
+                self._tracker.procedure_step_completed(study_uid, awaited)
+            except TrackerUnreachable:
+                # The step is recorded; the study still completes on its quiet timer.
+                log.exception("could not pass the completed MPPS step on", extra=ids)
         return Status.SUCCESS, mods

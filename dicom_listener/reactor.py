@@ -610,32 +610,66 @@ class EventDrivenRequestHandler(RequestHandler):
         return assoc
 
 
+class _HandedServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server for connections accepted by another process.
+
+    It never binds or listens: :meth:`hand` gives it a connected socket, and the association
+    runs on a thread of its own, as for a connection the server had accepted itself.
+    """
+
+    def server_bind(self) -> None:
+        pass
+
+    def server_activate(self) -> None:
+        pass
+
+    def hand(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        """Serve the connected ``sock`` from the peer at ``address``."""
+        self.process_request(sock, address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
+            try:  # here, on the association's thread, as pynetdicom's accept loop would
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                pynetdicom.transport.LOGGER.error(f"TLS handshake failed: {exc}")
+                request.close()
+                return
+        super().process_request_thread(request, client_address)
+
+
 def start_server(
     ae: ApplicationEntity,
     address: tuple[str, int],
     *,
     fast_store: tuple[StoreFunction, Path] | None = None,
+    handed: bool = False,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
 
     ``fast_store``: the store function and temporary folder of the C-STORE fast path
     (:class:`~dicom_listener.fast_store.StoreReceiver`); without it every C-STORE goes through
-    pynetdicom's service class and the ``EVT_C_STORE`` handler.
+    pynetdicom's service class and the ``EVT_C_STORE`` handler. ``handed``: the server does not
+    listen on ``address`` (the listening socket is another process's), it serves connections
+    given to its ``hand(sock, address)`` method.
     """
     check_supported()
     server = ae.make_server(
         address,
-        server_class=ThreadedAssociationServer,
+        server_class=_HandedServer if handed else ThreadedAssociationServer,
         request_handler=EventDrivenRequestHandler,
         **kwargs,
     )
     server.fast_store = fast_store  # type: ignore[attr-defined]
-    timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
-    thread = threading.Thread(
-        target=make_target(server.serve_forever), name=f"AcceptorServer@{timestamp}", daemon=True
-    )
-    thread.start()
+    if not handed:
+        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+        thread = threading.Thread(
+            target=make_target(server.serve_forever),
+            name=f"AcceptorServer@{timestamp}",
+            daemon=True,
+        )
+        thread.start()
     ae._servers.append(server)
     return cast(ThreadedAssociationServer, server)
 

@@ -31,7 +31,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_listener.assembly import StudyTracker
+from dicom_listener.assembly import InstanceRecorder, TrackerUnreachable
 from dicom_listener.instances import InvalidInstance, read_header
 from dicom_listener.status import Status
 from neurogate.settings import ListenerSettings
@@ -116,7 +116,9 @@ class StorageSCP:
     that tells the sender to keep the instance and try again.
     """
 
-    def __init__(self, store: InstanceStore, tracker: StudyTracker, *, min_free_mb: int) -> None:
+    def __init__(
+        self, store: InstanceStore, tracker: InstanceRecorder, *, min_free_mb: int
+    ) -> None:
         self._store = store
         self._tracker = tracker
         self._min_free_bytes = min_free_mb * _MB
@@ -195,7 +197,7 @@ class StorageSCP:
                 calling_ae=assoc.requestor.ae_title,
                 called_ae=assoc.acceptor.ae_title,
             )
-        except SQLAlchemyError:
+        except (SQLAlchemyError, TrackerUnreachable):
             # Without its study marked as receiving, a restart could not resume the study.
             # Undo and refuse: the sender keeps the instance and retries.
             log.exception("could not record the instance's study; refused", extra=ids)

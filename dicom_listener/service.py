@@ -1,4 +1,5 @@
-"""The listener as a service: the SCP, the completion timer and the outbox relay, together."""
+"""The listener as a service: the SCP (in one or more processes), the completion timer and the
+outbox relay, together."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pynetdicom import _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_listener.assembly import StudyTracker
+from dicom_listener.assembly import InstanceRecorder, StudyTracker
 from dicom_listener.mpps import ProcedureStepSCP
 from dicom_listener.reactor import start_server
+from dicom_listener.receivers import ReceiverPool
 from dicom_listener.scp import Handler, StorageSCP, build_ae, build_ssl_context
 from neurogate.bus import Bus
 from neurogate.outbox import service_relay
@@ -25,6 +27,49 @@ from schemas.topics import Topic
 log = logging.getLogger(__name__)
 
 PUBLISHED_TOPICS = (Topic.STUDY_RECEIVED,)
+
+
+def serve_scp(
+    settings: Settings,
+    store: InstanceStore,
+    tracker: InstanceRecorder,
+    sessions: sessionmaker[Session],
+    *,
+    port: int,
+    handed: bool = False,
+) -> ThreadedAssociationServer:
+    """Start the SCP (storage, verification, MPPS) on ``port``; the server, accepting.
+
+    The listener process calls this when it receives itself; each receiver process
+    (:mod:`dicom_listener.receivers`) calls it with a client of the listener process's tracker
+    and ``handed``: its server takes connections the listener process accepted.
+    """
+    listener = settings.listener
+    if listener.chunked_receive:
+        # pynetdicom writes each dataset to a NamedTemporaryFile as it arrives; putting those
+        # files in the store's tmp/ lets the handler hard-link rather than copy them.
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        tempfile.tempdir = str(store.tmp_dir)
+    # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
+    # DEBUG logs while holding the AE-wide lock: needless serialisation of the associations
+    # when those logs are off (neurogate.logging keeps pynetdicom at WARNING unless asked).
+    pynetdicom_logs = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logs else "none"
+    storage = StorageSCP(store, tracker, min_free_mb=listener.min_free_disk_mb)
+    mpps = ProcedureStepSCP(sessions, tracker)
+    handlers: list[Handler] = [
+        *storage.handlers(),
+        (evt.EVT_N_CREATE, mpps.on_n_create),
+        (evt.EVT_N_SET, mpps.on_n_set),
+    ]
+    return start_server(
+        build_ae(listener),
+        (listener.host, port),
+        evt_handlers=handlers,
+        ssl_context=build_ssl_context(listener),
+        fast_store=(storage.store_received, store.tmp_dir) if listener.fast_store else None,
+        handed=handed,
+    )
 
 
 class ListenerService:
@@ -51,19 +96,20 @@ class ListenerService:
             quiet_seconds=settings.listener.study_quiet_seconds,
             on_completed=self.relay.wake,
         )
-        self._storage = StorageSCP(
-            self.store, self.tracker, min_free_mb=settings.listener.min_free_disk_mb
-        )
-        self._mpps = ProcedureStepSCP(sessions, self.tracker)
+        self._sessions = sessions
+        self.receivers: ReceiverPool | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: ThreadedAssociationServer | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
+        if self._server is not None:
+            host, port = self._server.server_address[:2]
+        elif self.receivers is not None:
+            host, port = self.receivers.address
+        else:
             raise RuntimeError("listener not started")
-        host, port = self._server.server_address[:2]
         return str(host), int(port)
 
     def start(self) -> None:
@@ -72,39 +118,26 @@ class ListenerService:
         removed = self.store.clean_tmp()
         if removed:
             log.info("removed unacknowledged partial files", extra={"count": removed})
-        if settings.chunked_receive:
-            # pynetdicom writes each dataset to a NamedTemporaryFile as it arrives; putting those
-            # files in the store's tmp/ lets the handler hard-link rather than copy them.
-            _config.STORE_RECV_CHUNKED_DATASET = True
-            tempfile.tempdir = str(self.store.tmp_dir)
-        # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
-        # DEBUG logs while holding the AE-wide lock: needless serialisation of the associations
-        # when those logs are off (neurogate.logging keeps pynetdicom at WARNING unless asked).
-        pynetdicom_logs = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
-        _config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logs else "none"
         resumed = self.tracker.recover()
-        handlers: list[Handler] = [
-            *self._storage.handlers(),
-            (evt.EVT_N_CREATE, self._mpps.on_n_create),
-            (evt.EVT_N_SET, self._mpps.on_n_set),
-        ]
-        self._server = start_server(
-            build_ae(settings),
-            (settings.host, settings.port),
-            evt_handlers=handlers,
-            ssl_context=build_ssl_context(settings),
-            fast_store=(self._storage.store_received, self.store.tmp_dir)
-            if settings.fast_store
-            else None,
-        )
+        if settings.processes == 1:
+            self._server = serve_scp(
+                self._settings, self.store, self.tracker, self._sessions, port=settings.port
+            )
+            host, port = self.address
+        else:
+            # Receiver processes serve the associations this one accepts, and this one
+            # answers their reports with an interpreter lock no association competes for.
+            self.receivers = ReceiverPool(self._settings, self.tracker, settings.processes)
+            self.receivers.start()
+            host, port = self.address
         self._spawn("completion-timer", self._completion_loop)
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
-        host, port = self.address
         log.info(
             "listener started",
             extra={
                 "ae_title": settings.ae_title,
                 "address": f"{host}:{port}",
+                "processes": settings.processes,
                 "tls": settings.tls_enabled,
                 "resumed_studies": resumed,
                 "quiet_s": settings.study_quiet_seconds,
@@ -113,6 +146,10 @@ class ListenerService:
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop accepting, let associations in progress finish (up to ``grace_s``), then stop."""
+        if self.receivers is not None:
+            # First, while this process's tracker still answers their reports
+            self.receivers.stop(grace_s)
+            self.receivers = None
         if self._server is not None:
             server, self._server = self._server, None
             server.shutdown()

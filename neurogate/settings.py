@@ -53,6 +53,10 @@ class ListenerSettings(BaseModel):
     # C-STORE requests handled on the network thread (dicom_listener.fast_store); off: every
     # request goes through pynetdicom's service class, as any other DIMSE message does
     fast_store: bool = True
+    # Processes receiving on the listener's port: 1, the listener process itself; more, that many
+    # receiver processes sharing the port (SO_REUSEPORT) to spread concurrent associations over
+    # CPU cores, reporting to the listener process's study tracker
+    processes: int = Field(1, ge=1, le=64)
     fsync: bool = True
     max_pdu_size: int = Field(0, ge=0)  # 0: no limit on what peers may send in one PDU
     acse_timeout_seconds: float = 30.0
