@@ -241,12 +241,18 @@ class DIMSEMessage(dimse_messages.DIMSEMessage):
                             return True
 
                     # Data Set is present
-                    if _config.STORE_RECV_CHUNKED_DATASET and isinstance(
-                        self, dimse_messages.C_STORE_RQ
-                    ):
+                    # Changed from pynetdicom: an association with a receive_dir (set by
+                    # dicom_listener.reactor) receives into files there, whatever the
+                    # process-wide _config and tempfile defaults
+                    receive_dir = getattr(assoc, "receive_dir", None)
+                    if (
+                        _config.STORE_RECV_CHUNKED_DATASET or receive_dir is not None
+                    ) and isinstance(self, dimse_messages.C_STORE_RQ):
                         self._data_set_file = cast(
                             "dimse_messages.NTF",
-                            NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm"),  # noqa: SIM115
+                            NamedTemporaryFile(  # noqa: SIM115
+                                delete=False, mode="wb", suffix=".dcm", dir=receive_dir
+                            ),
                         )
                         self._data_set_path = Path(self._data_set_file.name)
                         # Write the File Meta

@@ -573,7 +573,9 @@ class EventDrivenRequestHandler(RequestHandler):
 
         sock = _WholeReadSocket(assoc, client_socket=self.request)
         assoc.set_socket(sock)
-        # Changed from pynetdicom: the C-STORE fast path, where the server has one
+        # Changed from pynetdicom: where data sets are received into files (dimse_fast), and
+        # the C-STORE fast path, where the server has them
+        assoc.receive_dir = getattr(self.server, "receive_dir", None)  # type: ignore[attr-defined]
         fast_store: tuple[StoreFunction, Path] | None = getattr(self.server, "fast_store", None)
         if fast_store is not None:
             store, tmp_dir = fast_store
@@ -643,6 +645,7 @@ def start_server(
     address: tuple[str, int],
     *,
     fast_store: tuple[StoreFunction, Path] | None = None,
+    receive_dir: Path | None = None,
     handed: bool = False,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
@@ -650,7 +653,9 @@ def start_server(
 
     ``fast_store``: the store function and temporary folder of the C-STORE fast path
     (:class:`~dicom_listener.fast_store.StoreReceiver`); without it every C-STORE goes through
-    pynetdicom's service class and the ``EVT_C_STORE`` handler. ``handed``: the server does not
+    pynetdicom's service class and the ``EVT_C_STORE`` handler. ``receive_dir``: where the
+    data sets of C-STOREs pynetdicom receives are written as they arrive (``event.dataset_path``);
+    ``None``: pynetdicom's default (in memory). ``handed``: the server does not
     listen on ``address`` (the listening socket is another process's), it serves connections
     given to its ``hand(sock, address)`` method.
     """
@@ -662,6 +667,7 @@ def start_server(
         **kwargs,
     )
     server.fast_store = fast_store  # type: ignore[attr-defined]
+    server.receive_dir = receive_dir  # type: ignore[attr-defined]
     if not handed:
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         thread = threading.Thread(

@@ -4,7 +4,6 @@ outbox relay, together."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -45,11 +44,6 @@ def serve_scp(
     and ``handed``: its server takes connections the listener process accepted.
     """
     listener = settings.listener
-    if listener.chunked_receive:
-        # pynetdicom writes each dataset to a NamedTemporaryFile as it arrives; putting those
-        # files in the store's tmp/ lets the handler hard-link rather than copy them.
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        tempfile.tempdir = str(store.tmp_dir)
     # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
     # DEBUG logs while holding the AE-wide lock: needless serialisation of the associations
     # when those logs are off (neurogate.logging keeps pynetdicom at WARNING unless asked).
@@ -68,6 +62,9 @@ def serve_scp(
         evt_handlers=handlers,
         ssl_context=build_ssl_context(listener),
         fast_store=(storage.store_received, store.tmp_dir) if listener.fast_store else None,
+        # What the fast path declines, pynetdicom writes to a file as it arrives; in the store's
+        # tmp/, so that the handler hard-links rather than copies it.
+        receive_dir=store.tmp_dir if listener.chunked_receive else None,
         handed=handed,
     )
 

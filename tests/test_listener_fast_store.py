@@ -8,6 +8,7 @@ listener's answers are read back through the requestor's own DIMSE provider.
 from __future__ import annotations
 
 import struct
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -29,7 +30,7 @@ from dicom_listener.status import Status
 from neurogate.settings import Settings
 from tests.conftest import make_settings
 from tests.dicomgen import write_mr_study
-from tests.harness import echo, running_listener, wait_for
+from tests.harness import echo, running_listener, storescu, wait_for
 
 COMMAND_LAST = 0x03
 DATA = 0x00
@@ -218,3 +219,13 @@ def test_split_pdvs_reads_items_and_refuses_malformed_ones() -> None:
     assert split_pdvs(whole[:-1]) is None  # an item longer than the PDU
     assert split_pdvs(whole[:6]) is None  # no item at all
     assert split_pdvs(whole[:6] + struct.pack(">IB", 1, 1)) is None  # item without a header
+
+
+def test_the_listener_leaves_process_wide_defaults_alone(
+    listener: ListenerService, instance: Path
+) -> None:
+    """Receiving into the store's tmp/ is the listener's own setting, not pynetdicom's global
+    switch or the tempfile default that every other component of the process would inherit."""
+    assert storescu(listener.address[1], [instance]).returncode == 0
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
+    assert tempfile.gettempdir() != str(listener.store.tmp_dir)

@@ -95,18 +95,6 @@ def assert_same_primitive(fast: Any, upstream: Any) -> None:
         assert fast_data == upstream_data
 
 
-@pytest.fixture(autouse=True)
-def in_memory_receive() -> Iterator[None]:
-    """pynetdicom's default; a listener started by an earlier test may have changed it."""
-    previous_flag, previous_dir = _config.STORE_RECV_CHUNKED_DATASET, tempfile.tempdir
-    _config.STORE_RECV_CHUNKED_DATASET = False
-    try:
-        yield
-    finally:
-        _config.STORE_RECV_CHUNKED_DATASET = previous_flag
-        tempfile.tempdir = previous_dir
-
-
 REQUESTS = {
     "plain": {},
     "odd-length UIDs": {"sop_class": "1.2.840.10008.5.1.4.1.1.4.1", "sop_instance": "1.2.345"},
