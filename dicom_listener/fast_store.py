@@ -24,7 +24,7 @@ import os
 import struct
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,9 +41,33 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# (path, SOP Class UID, SOP Instance UID, association) -> DIMSE status. The function owns the
-# file at ``path`` from then on.
-StoreFunction = Callable[[Path, str, str, "Association"], int]
+# A data set at most this large is also kept in memory while it arrives, so that its checks
+# read it from there rather than from the file.
+IN_MEMORY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A data set received whole, as a Part 10 file in the store's ``tmp/``."""
+
+    path: Path
+    content: bytes | bytearray | None = None  # the file's bytes, when it is small enough
+    synced: bool = False  # its content is on stable storage already
+
+
+# (received, SOP Class UID, SOP Instance UID, association) -> DIMSE status. The function owns
+# the received file from then on.
+StoreFunction = Callable[[Received, str, str, "Association"], int]
+
+
+@dataclass(frozen=True, slots=True)
+class FastStore:
+    """What the fast path of a server's associations needs."""
+
+    store: StoreFunction
+    tmp_dir: Path  # where data sets are written as they arrive (the store's tmp/)
+    fsync: bool = True  # flush each file on its own descriptor before handing it over
+
 
 P_DATA_TF = 0x04
 _PDU_HEADER = 6
@@ -86,6 +110,7 @@ class _Incoming:
     path: Path
     fd: int
     error: OSError | None = None
+    content: bytearray | None = field(default_factory=bytearray)  # None once too large
 
 
 def split_pdvs(pdu: bytes | bytearray) -> list[_Fragment] | None:
@@ -113,25 +138,17 @@ class StoreReceiver:
     ----------
     assoc
         The association (established before any PDU is offered).
-    store
-        Decides on a received instance and returns the status to answer.
-    tmp_dir
-        Where data sets are written while they arrive: the store's ``tmp/``, on the same
-        filesystem as the instances, so that storing one is a link.
+    fast
+        The store function that decides on a received instance and returns the status to
+        answer, and where data sets are written while they arrive (the store's ``tmp/``, on
+        the same filesystem as the instances, so that storing one is a link).
     send
         Sends bytes to the peer (the association socket's ``send``).
     """
 
-    def __init__(
-        self,
-        assoc: Association,
-        store: StoreFunction,
-        tmp_dir: Path,
-        send: Callable[[bytes], None],
-    ) -> None:
+    def __init__(self, assoc: Association, fast: FastStore, send: Callable[[bytes], None]) -> None:
         self._assoc = assoc
-        self._store = store
-        self._tmp_dir = tmp_dir
+        self._fast = fast
         self._send = send
         self._incoming: _Incoming | None = None
 
@@ -208,7 +225,7 @@ class StoreReceiver:
         ):
             return None  # pynetdicom answers, or aborts, as it does for any such request
         sop_instance = str(values["AffectedSOPInstanceUID"])
-        path = self._tmp_dir / f"{uuid.uuid4().hex}.part"
+        path = self._fast.tmp_dir / f"{uuid.uuid4().hex}.part"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -245,8 +262,19 @@ class StoreReceiver:
                 view = view[os.write(incoming.fd, view) :]
         except OSError as exc:
             incoming.error = exc
+            return
+        if incoming.content is not None:
+            if len(incoming.content) + len(data) > IN_MEMORY_BYTES:
+                incoming.content = None  # the checks will read the file
+            else:
+                incoming.content += data
 
     def _complete(self, incoming: _Incoming) -> None:
+        try:
+            if self._fast.fsync and incoming.error is None:
+                os.fsync(incoming.fd)
+        except OSError as exc:
+            incoming.error = exc
         try:
             os.close(incoming.fd)
         except OSError as exc:
@@ -260,8 +288,9 @@ class StoreReceiver:
             status = 0xA700  # out of resources: the sender keeps the instance and retries
         else:
             try:
-                status = self._store(
-                    incoming.path, incoming.sop_class_uid, incoming.sop_instance_uid, self._assoc
+                received = Received(incoming.path, incoming.content, synced=self._fast.fsync)
+                status = self._fast.store(
+                    received, incoming.sop_class_uid, incoming.sop_instance_uid, self._assoc
                 )
             except Exception:  # as pynetdicom answers a handler that raises
                 incoming.path.unlink(missing_ok=True)
@@ -294,4 +323,11 @@ class StoreReceiver:
         self._assoc.dimse.receive_primitive(primitive)
 
 
-__all__ = ["ProtocolViolation", "StoreFunction", "StoreReceiver", "split_pdvs"]
+__all__ = [
+    "FastStore",
+    "ProtocolViolation",
+    "Received",
+    "StoreFunction",
+    "StoreReceiver",
+    "split_pdvs",
+]

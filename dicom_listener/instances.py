@@ -161,13 +161,21 @@ _DESCRIPTIVE_TAGS = frozenset(
 _WANTED = frozenset({*_UID_TAGS.values(), _SERIES_NUMBER, *_DESCRIPTIVE_TAGS})
 
 
-def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
+def read_header(
+    path: Path,
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    content: bytes | bytearray | None = None,
+) -> InstanceHeader:
     """Read and check the header of the Part 10 file at ``path``.
 
     Parameters
     ----------
     path
         A complete DICOM file as written from the received stream.
+    content
+        The file's bytes, when the caller has them: they are checked instead of the file.
     sop_class_uid, sop_instance_uid
         The Affected SOP Class/Instance UIDs of the C-STORE request; the dataset must agree.
 
@@ -177,7 +185,7 @@ def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> Ins
         With the DIMSE status to answer and a reason for the log.
     """
     try:
-        header = _walked_header(path)
+        header = _walked_header(path, content)
     except part10.NotWalkable as exc:
         log.debug("header read with pydicom", extra={"path": str(path), "reason": str(exc)})
         header = _pydicom_header(path)
@@ -194,22 +202,26 @@ def read_header(path: Path, *, sop_class_uid: str, sop_instance_uid: str) -> Ins
     return header
 
 
-def _walked_header(path: Path) -> InstanceHeader:
-    """The header from a walk over the file's bytes (memory-mapped: pixel data stays on disk).
+def _walked_header(path: Path, content: bytes | bytearray | None = None) -> InstanceHeader:
+    """The header from a walk over ``content``, or over the file's bytes (memory-mapped: pixel
+    data stays on disk).
 
     Raises
     ------
     part10.NotWalkable
         When pydicom must decide.
     """
-    try:
-        with path.open("rb", buffering=0) as fh:
-            if os.fstat(fh.fileno()).st_size == 0:
-                raise part10.NotWalkable("empty file")
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-                walked = part10.walk(mapped, _WANTED)
-    except OSError as exc:
-        raise part10.NotWalkable(str(exc)) from exc
+    if content is not None:
+        walked = part10.walk(content, _WANTED)
+    else:
+        try:
+            with path.open("rb", buffering=0) as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    raise part10.NotWalkable("empty file")
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                    walked = part10.walk(mapped, _WANTED)
+        except OSError as exc:
+            raise part10.NotWalkable(str(exc)) from exc
     values = walked.values
     number = values.get(_SERIES_NUMBER)
     return InstanceHeader(

@@ -50,7 +50,7 @@ _NOT_WALKED = frozenset({DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
 MAX_DEPTH = 32
 
 # A whole stream in memory, or memory-mapped from its file
-Buffer = bytes | mmap.mmap
+Buffer = bytes | bytearray | mmap.mmap
 
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")

@@ -66,7 +66,7 @@ from pynetdicom.transport import (
 from pynetdicom.utils import make_target
 
 from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
-from dicom_listener.fast_store import P_DATA_TF, StoreFunction, StoreReceiver
+from dicom_listener.fast_store import P_DATA_TF, FastStore, StoreReceiver
 
 # The pynetdicom release and the SHA-256 of each method whose loop is copied below.
 SUPPORTED_PYNETDICOM = "3.0.4"
@@ -576,11 +576,10 @@ class EventDrivenRequestHandler(RequestHandler):
         # Changed from pynetdicom: where data sets are received into files (dimse_fast), and
         # the C-STORE fast path, where the server has them
         assoc.receive_dir = getattr(self.server, "receive_dir", None)  # type: ignore[attr-defined]
-        fast_store: tuple[StoreFunction, Path] | None = getattr(self.server, "fast_store", None)
+        fast_store: FastStore | None = getattr(self.server, "fast_store", None)
         if fast_store is not None:
-            store, tmp_dir = fast_store
             cast(EventDrivenDUL, assoc.dul).store_receiver = StoreReceiver(
-                assoc, store, tmp_dir, sock.send
+                assoc, fast_store, sock.send
             )
 
         # Association Acceptor object -> local AE
@@ -644,14 +643,14 @@ def start_server(
     ae: ApplicationEntity,
     address: tuple[str, int],
     *,
-    fast_store: tuple[StoreFunction, Path] | None = None,
+    fast_store: FastStore | None = None,
     receive_dir: Path | None = None,
     handed: bool = False,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
 
-    ``fast_store``: the store function and temporary folder of the C-STORE fast path
+    ``fast_store``: what the C-STORE fast path needs
     (:class:`~dicom_listener.fast_store.StoreReceiver`); without it every C-STORE goes through
     pynetdicom's service class and the ``EVT_C_STORE`` handler. ``receive_dir``: where the
     data sets of C-STOREs pynetdicom receives are written as they arrive (``event.dataset_path``);

@@ -32,6 +32,7 @@ from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicom_listener.assembly import InstanceRecorder, TrackerUnreachable
+from dicom_listener.fast_store import Received
 from dicom_listener.instances import InvalidInstance, read_header
 from dicom_listener.status import Status
 from neurogate.settings import ListenerSettings
@@ -160,21 +161,26 @@ class StorageSCP:
             ids = {**_association_ids(event.assoc), "sop_instance_uid": sop_uid}
             log.error("could not write received instance", extra={**ids, "error": str(exc)})
             return Status.OUT_OF_RESOURCES
-        return self.store_received(tmp, sop_class, sop_uid, event.assoc)
+        return self.store_received(Received(tmp), sop_class, sop_uid, event.assoc)
 
-    def store_received(self, tmp: Path, sop_class: str, sop_uid: str, assoc: Association) -> int:
+    def store_received(
+        self, received: Received, sop_class: str, sop_uid: str, assoc: Association
+    ) -> int:
         """Decide on a received instance, a Part 10 file in the store's ``tmp/`` that this owns.
 
         Both receive paths end here: :meth:`on_store` and the fast path of
         :mod:`dicom_listener.fast_store`. Returns the DIMSE status to answer.
         """
+        tmp = received.path
         ids = {**_association_ids(assoc), "sop_instance_uid": sop_uid}
         if self._store.free_bytes() < self._min_free_bytes:
             tmp.unlink(missing_ok=True)
             log.error("refusing instance: storage volume is nearly full", extra=ids)
             return Status.OUT_OF_RESOURCES
         try:
-            header = read_header(tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid)
+            header = read_header(
+                tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid, content=received.content
+            )
         except InvalidInstance as exc:
             tmp.unlink(missing_ok=True)
             log.warning(
@@ -185,7 +191,11 @@ class StorageSCP:
         ids.update(study=header.study_instance_uid, series=header.series_instance_uid)
         try:
             outcome = self._store.commit(
-                tmp, header.study_instance_uid, header.series_instance_uid, sop_uid
+                tmp,
+                header.study_instance_uid,
+                header.series_instance_uid,
+                sop_uid,
+                synced=received.synced,
             )
         except OSError as exc:
             log.error("could not store instance", extra={**ids, "error": str(exc)})

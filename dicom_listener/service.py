@@ -13,6 +13,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.assembly import InstanceRecorder, StudyTracker
+from dicom_listener.fast_store import FastStore
 from dicom_listener.mpps import ProcedureStepSCP
 from dicom_listener.reactor import start_server
 from dicom_listener.receivers import ReceiverPool
@@ -61,7 +62,9 @@ def serve_scp(
         (listener.host, port),
         evt_handlers=handlers,
         ssl_context=build_ssl_context(listener),
-        fast_store=(storage.store_received, store.tmp_dir) if listener.fast_store else None,
+        fast_store=FastStore(storage.store_received, store.tmp_dir, fsync=store.fsync)
+        if listener.fast_store
+        else None,
         # What the fast path declines, pynetdicom writes to a file as it arrives; in the store's
         # tmp/, so that the handler hard-links rather than copies it.
         receive_dir=store.tmp_dir if listener.chunked_receive else None,

@@ -84,14 +84,17 @@ class InstanceStore:
                 removed += 1
         return removed
 
-    def commit(self, src: Path, study_uid: str, series_uid: str, sop_uid: str) -> StoreOutcome:
+    def commit(
+        self, src: Path, study_uid: str, series_uid: str, sop_uid: str, *, synced: bool = False
+    ) -> StoreOutcome:
         """Publish the complete file ``src`` (in ``tmp/``) as an instance; ``src`` is consumed.
 
-        Returns once the instance is durable: file contents, then its directory entry.
+        Returns once the instance is durable: file contents (unless the caller ``synced`` them
+        already), then its directory entry.
         """
         final = self.instance_path(study_uid, series_uid, sop_uid)
         try:
-            if self.fsync:
+            if self.fsync and not synced:
                 _fsync_file(src)
             self._ensure_dir(final.parent)
             try:

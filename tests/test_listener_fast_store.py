@@ -24,7 +24,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
-from dicom_listener.fast_store import split_pdvs
+from dicom_listener.fast_store import IN_MEMORY_BYTES, split_pdvs
 from dicom_listener.service import ListenerService
 from dicom_listener.status import Status
 from neurogate.settings import Settings
@@ -229,3 +229,13 @@ def test_the_listener_leaves_process_wide_defaults_alone(
     assert storescu(listener.address[1], [instance]).returncode == 0
     assert _config.STORE_RECV_CHUNKED_DATASET is False
     assert tempfile.gettempdir() != str(listener.store.tmp_dir)
+
+
+def test_an_instance_too_large_to_keep_in_memory_is_checked_from_its_file(
+    tmp_path: Path, settings: Settings, listener: ListenerService
+) -> None:
+    (large,) = write_mr_study(tmp_path / "large", series=1, slices=1, size=1024).files
+    assert large.stat().st_size > IN_MEMORY_BYTES
+    assert storescu(listener.address[1], [large]).returncode == 0
+    (path,) = stored(settings)
+    assert path.read_bytes().endswith(dataset_bytes(large))
