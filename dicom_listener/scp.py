@@ -151,10 +151,6 @@ class StorageSCP:
         request = cast(C_STORE, event.request)
         sop_class = str(request.AffectedSOPClassUID)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        if self._store.free_bytes() < self._min_free_bytes:
-            ids = {**_association_ids(event.assoc), "sop_instance_uid": sop_uid}
-            log.error("refusing instance: storage volume is nearly full", extra=ids)
-            return Status.OUT_OF_RESOURCES
         try:
             tmp = self._take_dataset(event)
         except OSError as exc:

@@ -268,9 +268,14 @@ def test_dataset_that_contradicts_its_request_is_refused(
     assert stored_files(settings) == []
 
 
-def test_low_disk_is_refused_with_out_of_resources(tmp_path: Path, sqlite_url: str) -> None:
+@pytest.mark.parametrize("fast_store", [True, False], ids=["fast-store", "pynetdicom-store"])
+def test_low_disk_is_refused_with_out_of_resources(
+    tmp_path: Path, sqlite_url: str, fast_store: bool
+) -> None:
     free_mb = shutil.disk_usage(tmp_path).free >> 20
-    settings = make_settings(tmp_path / "node", sqlite_url, min_free_disk_mb=free_mb + 1024)
+    settings = make_settings(
+        tmp_path / "node", sqlite_url, min_free_disk_mb=free_mb + 1024, fast_store=fast_store
+    )
     study = write_mr_study(tmp_path / "scanner", series=1, slices=2)
     with running_listener(settings) as service:
         result = storescu(service.address[1], study.files, extra=["--verbose"])
