@@ -100,6 +100,15 @@ class BusSettings(BaseModel):
     kafka_bootstrap_servers: Annotated[list[str], NoDecode] = ["localhost:9092"]
     kafka_client_id: str = "neurogate"
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # SASL (SASL_PLAINTEXT, SASL_SSL): mechanism and credentials
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    # TLS (SSL, SASL_SSL): the CA that signed the brokers' certificates (default: the system's),
+    # and a client certificate where the brokers require one
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_request_timeout_ms: int = Field(30_000, ge=1000)
@@ -112,6 +121,25 @@ class BusSettings(BaseModel):
     retry_max_backoff_seconds: float = Field(30.0, gt=0)
 
     _split = field_validator("kafka_bootstrap_servers", mode="before")(_split_csv)
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> BusSettings:
+        protocol = self.kafka_security_protocol
+        sasl = (self.kafka_sasl_mechanism, self.kafka_sasl_username, self.kafka_sasl_password)
+        if protocol.startswith("SASL_"):
+            if None in sasl:
+                raise ValueError(
+                    f"Kafka {protocol} needs kafka_sasl_mechanism, kafka_sasl_username and "
+                    "kafka_sasl_password"
+                )
+        elif any(value is not None for value in sasl):
+            raise ValueError(f"Kafka SASL settings are given but the protocol is {protocol}")
+        tls_files = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if not protocol.endswith("SSL") and any(f is not None for f in tls_files):
+            raise ValueError(f"Kafka TLS files are given but the protocol is {protocol}")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("a Kafka client certificate needs both its certfile and keyfile")
+        return self
 
 
 class ModelSettings(BaseModel):

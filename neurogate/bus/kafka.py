@@ -31,8 +31,9 @@ _EXPIRY_GRACE_S = 1.0  # beyond the delivery timeout, so the producer expires a 
 _REQUEST_OVER_SESSION_MS = 5000
 
 
-def _client_config(settings: BusSettings) -> dict[str, Any]:
-    return {
+def client_config(settings: BusSettings) -> dict[str, Any]:
+    """What every kafka-python client of the node (admin, producer, consumer) is given."""
+    config: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap_servers,
         "client_id": settings.kafka_client_id,
         "security_protocol": settings.kafka_security_protocol,
@@ -40,6 +41,22 @@ def _client_config(settings: BusSettings) -> dict[str, Any]:
         # How long a new client waits for a first broker: a down broker fails within a request.
         "bootstrap_timeout_ms": settings.kafka_request_timeout_ms,
     }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        assert settings.kafka_sasl_password is not None  # checked by BusSettings
+        config.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password.get_secret_value(),
+        )
+    if settings.kafka_security_protocol.endswith("SSL"):
+        config["ssl_check_hostname"] = True
+        files = {
+            "ssl_cafile": settings.kafka_ssl_cafile,
+            "ssl_certfile": settings.kafka_ssl_certfile,
+            "ssl_keyfile": settings.kafka_ssl_keyfile,
+        }
+        config.update({key: str(path) for key, path in files.items() if path is not None})
+    return config
 
 
 class KafkaBus:
@@ -60,7 +77,7 @@ class KafkaBus:
         if not wanted:
             return
         try:
-            admin = KafkaAdminClient(**_client_config(self._settings))
+            admin = KafkaAdminClient(**client_config(self._settings))
         except KafkaError as exc:
             raise BusUnavailable(f"kafka: connecting to create topics: {exc!r}") from exc
         try:
@@ -128,7 +145,7 @@ class KafkaPublisher:
         if self._producer is None:
             timeout_ms = self._settings.kafka_request_timeout_ms
             self._producer = KafkaProducer(
-                **_client_config(self._settings),
+                **client_config(self._settings),
                 acks="all",
                 max_block_ms=timeout_ms,
                 delivery_timeout_ms=timeout_ms,
@@ -201,7 +218,7 @@ class KafkaGroupConsumer:
     def _connect(self) -> KafkaConsumer:
         if self._consumer is None:
             settings = self._settings
-            config = _client_config(settings)
+            config = client_config(settings)
             config["request_timeout_ms"] = max(
                 settings.kafka_request_timeout_ms,
                 settings.kafka_session_timeout_ms + _REQUEST_OVER_SESSION_MS,
