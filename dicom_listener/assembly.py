@@ -162,16 +162,24 @@ class StudyTracker:
         with self._lock:
             state = self._studies.get(uid)
             if state is None:
-                if outcome is not StoreOutcome.STORED:
-                    return  # a resend of a study that is not being received changes nothing
+                if outcome is not StoreOutcome.STORED and self._known(uid):
+                    return  # a resend of a study already received changes nothing
+                # New, reopened, or stored by a listener (process) that stopped before it
+                # could record the instance: its file is on disk and the sender resends it.
                 state = self._open(header, calling_ae=calling_ae, called_ae=called_ae)
                 self._studies[uid] = state
-            elif outcome is StoreOutcome.STORED:
-                state.add(header)
+            else:
+                state.add(header)  # counted once, resent or already counted from disk
             state.last_activity = self._clock()
             state.last_received = _utcnow()
             state.calling_aes.add(calling_ae)
             state.dirty = True
+
+    def _known(self, study_uid: str) -> bool:
+        """Whether the study has been recorded (received before, or being received)."""
+        with self._sessions() as session:
+            found = session.scalar(select(Study.id).where(Study.study_instance_uid == study_uid))
+        return found is not None
 
     def procedure_step_completed(self, study_uid: str, referenced: Iterable[InstanceRef]) -> None:
         """A modality's MPPS step is COMPLETED: complete the study once ``referenced`` are in."""

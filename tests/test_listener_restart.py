@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from neurogate.bus import open_bus
+from neurogate.storage import InstanceStore, StoreOutcome
 from tests.conftest import free_port, make_settings
 from tests.dicomgen import write_mr_study
-from tests.harness import ListenerProcess, event_reader, storescu, study_row, wait_for
+from tests.harness import (
+    ListenerProcess,
+    event_reader,
+    running_listener,
+    storescu,
+    study_row,
+    wait_for,
+)
 
 pytestmark = pytest.mark.dcmtk
 
@@ -71,3 +80,24 @@ def test_a_study_interrupted_by_a_crash_completes_after_restart_without_more_dat
             listener.kill()
     assert event.instance_count == 4
     bus.close()
+
+
+def test_an_instance_stored_but_not_recorded_before_a_crash_completes_its_study_when_resent(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """The window between an instance's file being published and its study being recorded: a
+    listener (or receiver process) that dies there never answered, so the sender resends an
+    instance the store already holds. Its study must still be received and announced."""
+    settings = make_settings(tmp_path / "node", sqlite_url, study_quiet_seconds=1.0)
+    (source,) = write_mr_study(tmp_path / "scanner", series=1, slices=1).files
+    ds = dcmread(source, stop_before_pixels=True)
+    store = InstanceStore(settings.storage_root)
+    tmp = store.tmp_dir / "crashed.part"
+    tmp.write_bytes(source.read_bytes())
+    outcome = store.commit(tmp, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert outcome is StoreOutcome.STORED
+    with running_listener(settings) as service:
+        reader = event_reader(service._bus)
+        assert storescu(service.address[1], [source]).returncode == 0
+        (event,) = reader.wait(1, timeout=30)
+    assert event.study_instance_uid == ds.StudyInstanceUID and event.instance_count == 1
