@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from io import BytesIO
@@ -222,16 +223,7 @@ def _walked_header(path: Path, content: bytes | bytearray | None = None) -> Inst
                     walked = part10.walk(mapped, _WANTED)
         except OSError as exc:
             raise part10.NotWalkable(str(exc)) from exc
-    values = walked.values
-    number = values.get(_SERIES_NUMBER)
-    return InstanceHeader(
-        sop_class_uid=_uid(values.get(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
-        sop_instance_uid=_uid(values.get(_UID_TAGS["SOPInstanceUID"]), "SOPInstanceUID"),
-        study_instance_uid=_uid(values.get(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
-        series_instance_uid=_uid(values.get(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"),
-        series_number=_integer(number.value if number is not None else None),
-        source=walked,
-    )
+    return _identified(walked.values.get, walked)
 
 
 def _pydicom_header(path: Path) -> InstanceHeader:
@@ -245,17 +237,7 @@ def _pydicom_header(path: Path) -> InstanceHeader:
             content = fh.readall() if size <= _DEFER_BYTES else None
         ds = dcmread(BytesIO(content) if content is not None else path, defer_size=_DEFER_BYTES)
         _check_complete(ds, path, size, content)
-        number = ds.get_item(_SERIES_NUMBER)
-        return InstanceHeader(
-            sop_class_uid=_uid(ds.get_item(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
-            sop_instance_uid=_uid(ds.get_item(_UID_TAGS["SOPInstanceUID"]), "SOPInstanceUID"),
-            study_instance_uid=_uid(ds.get_item(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
-            series_instance_uid=_uid(
-                ds.get_item(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"
-            ),
-            series_number=_integer(number.value if number is not None else None),
-            source=ds,
-        )
+        return _identified(ds.get_item, ds)
     except InvalidInstance:
         raise
     except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
@@ -306,6 +288,21 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     return str(value).strip() or None
+
+
+def _identified(
+    get: Callable[[int], object | None], source: Dataset | part10.Walked
+) -> InstanceHeader:
+    """The header of an instance whose elements ``get`` returns by tag (either reader's)."""
+    number = get(_SERIES_NUMBER)
+    return InstanceHeader(
+        sop_class_uid=_uid(get(_UID_TAGS["SOPClassUID"]), "SOPClassUID"),
+        sop_instance_uid=_uid(get(_UID_TAGS["SOPInstanceUID"]), "SOPInstanceUID"),
+        study_instance_uid=_uid(get(_UID_TAGS["StudyInstanceUID"]), "StudyInstanceUID"),
+        series_instance_uid=_uid(get(_UID_TAGS["SeriesInstanceUID"]), "SeriesInstanceUID"),
+        series_number=_integer(getattr(number, "value", None)),
+        source=source,
+    )
 
 
 def _uid(element: object, keyword: str) -> str:

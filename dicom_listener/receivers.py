@@ -114,7 +114,7 @@ def receiver_main(
     settings: Settings, conn: Connection, handover: socket.socket, index: int
 ) -> None:
     """A receiver process: serve the connections handed over, reporting to the listener process."""
-    from dicom_listener.service import serve_scp
+    from dicom_listener.service import drain, serve_scp
     from neurogate.db import create_db_engine, session_factory
     from neurogate.logging import configure_logging
     from neurogate.storage import InstanceStore
@@ -138,11 +138,7 @@ def receiver_main(
         stop.wait()
     finally:
         handover.close()
-        deadline = time.monotonic() + STOP_GRACE_S
-        while server.active_associations and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for assoc in server.active_associations:
-            assoc.abort()
+        drain(server, STOP_GRACE_S)
         server.server_close()
         engine.dispose()
         log.info("receiver process stopped", extra={"receiver": index})

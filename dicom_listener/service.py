@@ -72,6 +72,16 @@ def serve_scp(
     )
 
 
+def drain(server: ThreadedAssociationServer, grace_s: float) -> None:
+    """Let the server's associations finish, for up to ``grace_s``; abort those still open."""
+    deadline = time.monotonic() + grace_s
+    while server.active_associations and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for assoc in server.active_associations:
+        log.warning("aborting association at shutdown", extra={"assoc": assoc.native_id})
+        assoc.abort()
+
+
 class ListenerService:
     """Receives studies and announces the completed ones.
 
@@ -153,12 +163,7 @@ class ListenerService:
         if self._server is not None:
             server, self._server = self._server, None
             server.shutdown()
-            deadline = time.monotonic() + grace_s
-            while server.active_associations and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for assoc in server.active_associations:
-                log.warning("aborting association at shutdown", extra={"assoc": assoc.native_id})
-                assoc.abort()
+            drain(server, grace_s)
         self._stop.set()
         self.relay.wake()
         for thread in self._threads:
