@@ -8,12 +8,12 @@ checking and durably storing the instance together.
 
 :class:`StoreReceiver` takes the P-DATA-TF PDUs of plain C-STORE requests on the network
 (DUL) thread, in an established association: the command set is parsed from its bytes
-(:func:`~dicom_listener.dimse_fast.parse_store_request`), the data set's fragments are written
-to a file in the store's ``tmp/`` as they arrive, behind the File Meta Information pynetdicom
-would write, and once the last fragment is in, the listener's store function decides and the
-C-STORE-RSP goes straight back on the socket. Everything else (another command, a request
-pynetdicom must judge, any PDU while a handler is bound to pynetdicom's PDU or DIMSE
-notifications) takes pynetdicom's own path, unchanged.
+(:func:`~dicom_listener.dimse_fast.parse_store_request`), the data set's fragments are gathered
+behind the File Meta Information pynetdicom would write (in memory up to ``IN_MEMORY_BYTES``,
+beyond that in a file in the store's ``tmp/``), and once the last fragment is in, the listener's
+store function decides and the C-STORE-RSP goes straight back on the socket. Everything else
+(another command, a request pynetdicom must judge, any PDU while a handler is bound to
+pynetdicom's PDU or DIMSE notifications) takes pynetdicom's own path, unchanged.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import contextlib
 import logging
 import os
 import struct
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,24 +34,25 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from dicom_listener.dimse_fast import encode_file_meta, encode_store_rsp, parse_store_request
+from neurogate.storage import tmp_name
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
 log = logging.getLogger(__name__)
 
-# A data set at most this large is also kept in memory while it arrives, so that its checks
-# read it from there rather than from the file.
+# A Part 10 stream at most this large is gathered in memory, checked there and written once,
+# straight to its place in the store; a larger one goes to a file in tmp/ as it arrives.
 IN_MEMORY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """A data set received whole, as a Part 10 file in the store's ``tmp/``."""
+    """A data set received whole, as a Part 10 stream: in memory, or a file in ``tmp/``."""
 
-    path: Path
-    content: bytes | bytearray | None = None  # the file's bytes, when it is small enough
-    synced: bool = False  # its content is on stable storage already
+    path: Path | None  # the file in tmp/; None: only in memory, in ``content``
+    content: bytes | bytearray | None = None  # the stream's bytes, when it is small enough
+    synced: bool = False  # the file's content is on stable storage already
 
 
 # (received, SOP Class UID, SOP Instance UID, association) -> DIMSE status. The function owns
@@ -65,8 +65,8 @@ class FastStore:
     """What the fast path of a server's associations needs."""
 
     store: StoreFunction
-    tmp_dir: Path  # where data sets are written as they arrive (the store's tmp/)
-    fsync: bool = True  # flush each file on its own descriptor before handing it over
+    tmp_dir: Path  # where data sets too large for memory are written (the store's tmp/)
+    fsync: bool = True  # flush each such file on its own descriptor before handing it over
 
 
 P_DATA_TF = 0x04
@@ -107,10 +107,10 @@ class _Incoming:
     message_id: int
     sop_class_uid: str
     sop_instance_uid: str
-    path: Path
-    fd: int
+    content: bytearray | None  # None once too large for memory: then in the file
+    path: Path | None = None
+    fd: int | None = None
     error: OSError | None = None
-    content: bytearray | None = field(default_factory=bytearray)  # None once too large
 
 
 def split_pdvs(pdu: bytes | bytearray) -> list[_Fragment] | None:
@@ -189,9 +189,11 @@ class StoreReceiver:
         """Drop a partly received data set (the association ended or broke)."""
         incoming, self._incoming = self._incoming, None
         if incoming is not None:
-            with contextlib.suppress(OSError):
-                os.close(incoming.fd)
-            incoming.path.unlink(missing_ok=True)
+            if incoming.fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(incoming.fd)
+            if incoming.path is not None:
+                incoming.path.unlink(missing_ok=True)
             log.warning(
                 "association ended during a C-STORE; partial instance discarded",
                 extra={"sop_instance_uid": incoming.sop_instance_uid},
@@ -225,19 +227,15 @@ class StoreReceiver:
         ):
             return None  # pynetdicom answers, or aborts, as it does for any such request
         sop_instance = str(values["AffectedSOPInstanceUID"])
-        path = self._fast.tmp_dir / f"{uuid.uuid4().hex}.part"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            # pynetdicom's path receives it, and the store function refuses what it must
-            log.error("cannot create a file for a received instance", extra={"error": str(exc)})
-            return None
+        meta = encode_file_meta(sop_class, sop_instance, str(context.transfer_syntax[0]))
         incoming = _Incoming(
-            fragment.context_id, int(values["MessageID"]), sop_class, sop_instance, path, fd
+            fragment.context_id,
+            int(values["MessageID"]),
+            sop_class,
+            sop_instance,
+            content=bytearray(_PREAMBLE + meta),
         )
         self._incoming = incoming
-        meta = encode_file_meta(sop_class, sop_instance, str(context.transfer_syntax[0]))
-        self._write(incoming, _PREAMBLE + meta)
         return incoming
 
     def _receive(self, fragment: _Fragment) -> None:
@@ -256,44 +254,57 @@ class StoreReceiver:
     def _write(self, incoming: _Incoming, data: bytes | memoryview) -> None:
         if incoming.error is not None:
             return  # keep reading the peer's fragments; the answer is already decided
+        content = incoming.content
+        if content is not None:
+            if len(content) + len(data) <= IN_MEMORY_BYTES:
+                content += data
+                return
+            incoming.content = None  # too large for memory: to a file, and on in it
+            self._write_to_file(incoming, content)
+            if incoming.error is not None:
+                return
+        self._write_to_file(incoming, data)
+
+    def _write_to_file(self, incoming: _Incoming, data: bytes | bytearray | memoryview) -> None:
         try:
+            if incoming.fd is None:
+                incoming.path = self._fast.tmp_dir / tmp_name()
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                incoming.fd = os.open(incoming.path, flags, 0o644)
             view = memoryview(data)
             while view:
                 view = view[os.write(incoming.fd, view) :]
         except OSError as exc:
             incoming.error = exc
-            return
-        if incoming.content is not None:
-            if len(incoming.content) + len(data) > IN_MEMORY_BYTES:
-                incoming.content = None  # the checks will read the file
-            else:
-                incoming.content += data
 
     def _complete(self, incoming: _Incoming) -> None:
-        try:
-            if self._fast.fsync and incoming.error is None:
-                os.fsync(incoming.fd)
-        except OSError as exc:
-            incoming.error = exc
-        try:
-            os.close(incoming.fd)
-        except OSError as exc:
-            incoming.error = incoming.error or exc
+        if incoming.fd is not None:
+            try:
+                if self._fast.fsync and incoming.error is None:
+                    os.fsync(incoming.fd)
+            except OSError as exc:
+                incoming.error = exc
+            try:
+                os.close(incoming.fd)
+            except OSError as exc:
+                incoming.error = incoming.error or exc
         ids = {"sop_instance_uid": incoming.sop_instance_uid}
         if incoming.error is not None:
-            incoming.path.unlink(missing_ok=True)
+            if incoming.path is not None:
+                incoming.path.unlink(missing_ok=True)
             log.error(
                 "could not write received instance", extra={**ids, "error": str(incoming.error)}
             )
             status = 0xA700  # out of resources: the sender keeps the instance and retries
         else:
+            received = Received(incoming.path, incoming.content, synced=self._fast.fsync)
             try:
-                received = Received(incoming.path, incoming.content, synced=self._fast.fsync)
                 status = self._fast.store(
                     received, incoming.sop_class_uid, incoming.sop_instance_uid, self._assoc
                 )
             except Exception:  # as pynetdicom answers a handler that raises
-                incoming.path.unlink(missing_ok=True)
+                if incoming.path is not None:
+                    incoming.path.unlink(missing_ok=True)
                 log.exception("C-STORE handler failed", extra=ids)
                 status = _PROCESSING_FAILURE
         self._respond(incoming, status)

@@ -163,20 +163,21 @@ _WANTED = frozenset({*_UID_TAGS.values(), _SERIES_NUMBER, *_DESCRIPTIVE_TAGS})
 
 
 def read_header(
-    path: Path,
+    path: Path | None,
     *,
     sop_class_uid: str,
     sop_instance_uid: str,
     content: bytes | bytearray | None = None,
 ) -> InstanceHeader:
-    """Read and check the header of the Part 10 file at ``path``.
+    """Read and check the header of a received Part 10 stream.
 
     Parameters
     ----------
     path
-        A complete DICOM file as written from the received stream.
+        A complete DICOM file as written from the received stream; ``None`` when the stream is
+        only in memory.
     content
-        The file's bytes, when the caller has them: they are checked instead of the file.
+        The stream's bytes, when the caller has them: they are checked instead of the file.
     sop_class_uid, sop_instance_uid
         The Affected SOP Class/Instance UIDs of the C-STORE request; the dataset must agree.
 
@@ -189,7 +190,7 @@ def read_header(
         header = _walked_header(path, content)
     except part10.NotWalkable as exc:
         log.debug("header read with pydicom", extra={"path": str(path), "reason": str(exc)})
-        header = _pydicom_header(path)
+        header = _pydicom_header(path, content)
     if header.sop_class_uid != sop_class_uid:
         raise InvalidInstance(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
@@ -203,7 +204,7 @@ def read_header(
     return header
 
 
-def _walked_header(path: Path, content: bytes | bytearray | None = None) -> InstanceHeader:
+def _walked_header(path: Path | None, content: bytes | bytearray | None = None) -> InstanceHeader:
     """The header from a walk over ``content``, or over the file's bytes (memory-mapped: pixel
     data stays on disk).
 
@@ -215,6 +216,7 @@ def _walked_header(path: Path, content: bytes | bytearray | None = None) -> Inst
     if content is not None:
         walked = part10.walk(content, _WANTED)
     else:
+        assert path is not None
         try:
             with path.open("rb", buffering=0) as fh:
                 if os.fstat(fh.fileno()).st_size == 0:
@@ -226,16 +228,25 @@ def _walked_header(path: Path, content: bytes | bytearray | None = None) -> Inst
     return _identified(walked.values.get, walked)
 
 
-def _pydicom_header(path: Path) -> InstanceHeader:
-    """The header as pydicom reads it, with the completeness checks pydicom does not make."""
+def _pydicom_header(path: Path | None, content: bytes | bytearray | None = None) -> InstanceHeader:
+    """The header as pydicom reads it, with the completeness checks pydicom does not make.
+
+    From ``content`` when given, else from the file at ``path``.
+    """
     try:
-        with path.open("rb", buffering=0) as fh:
-            size = os.fstat(fh.fileno()).st_size
-            # A file no larger than the values pydicom would read anyway is read in one call
-            # and parsed in memory: parsing a file issues a seek per element, and every system
-            # call lets another association's thread take the GIL.
-            content = fh.readall() if size <= _DEFER_BYTES else None
-        ds = dcmread(BytesIO(content) if content is not None else path, defer_size=_DEFER_BYTES)
+        if content is None:
+            assert path is not None
+            with path.open("rb", buffering=0) as fh:
+                size = os.fstat(fh.fileno()).st_size
+                # A file no larger than the values pydicom would read anyway is read in one
+                # call and parsed in memory: parsing a file issues a seek per element, and
+                # every system call lets another association's thread take the GIL.
+                content = fh.readall() if size <= _DEFER_BYTES else None
+        else:
+            size = len(content)
+        source = BytesIO(content) if content is not None else path
+        assert source is not None
+        ds = dcmread(source, defer_size=_DEFER_BYTES)
         _check_complete(ds, path, size, content)
         return _identified(ds.get_item, ds)
     except InvalidInstance:
@@ -244,7 +255,9 @@ def _pydicom_header(path: Path) -> InstanceHeader:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"unreadable dataset: {exc}") from exc
 
 
-def _check_complete(ds: Dataset, path: Path, size: int, content: bytes | None) -> None:
+def _check_complete(
+    ds: Dataset, path: Path | None, size: int, content: bytes | bytearray | None
+) -> None:
     """Refuse a stream that was cut short or has bytes after its last element.
 
     pydicom reads truncated streams silently. Truncation can only affect the last top-level
@@ -266,8 +279,9 @@ def _check_complete(ds: Dataset, path: Path, size: int, content: bytes | None) -
         return
     if last.length == _UNDEFINED_LENGTH:
         if content is not None:
-            tail = content[-8:]
+            tail = bytes(content[-8:])
         else:
+            assert path is not None
             with path.open("rb") as fh:
                 fh.seek(max(size - 8, 0))
                 tail = fh.read(8)

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import ssl
-import uuid
 from pathlib import Path
 from typing import cast
 
@@ -36,7 +35,7 @@ from dicom_listener.fast_store import Received
 from dicom_listener.instances import InvalidInstance, read_header
 from dicom_listener.status import Status
 from neurogate.settings import ListenerSettings
-from neurogate.storage import InstanceStore, StoreOutcome
+from neurogate.storage import InstanceStore, StoreOutcome, tmp_name
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,8 @@ class StorageSCP:
     def store_received(
         self, received: Received, sop_class: str, sop_uid: str, assoc: Association
     ) -> int:
-        """Decide on a received instance, a Part 10 file in the store's ``tmp/`` that this owns.
+        """Decide on a received instance, a Part 10 stream in memory or a file in the store's
+        ``tmp/`` that this owns.
 
         Both receive paths end here: :meth:`on_store` and the fast path of
         :mod:`dicom_listener.fast_store`. Returns the DIMSE status to answer.
@@ -170,7 +170,7 @@ class StorageSCP:
         tmp = received.path
         ids = {**_association_ids(assoc), "sop_instance_uid": sop_uid}
         if self._store.free_bytes() < self._min_free_bytes:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             log.error("refusing instance: storage volume is nearly full", extra=ids)
             return Status.OUT_OF_RESOURCES
         try:
@@ -178,21 +178,20 @@ class StorageSCP:
                 tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid, content=received.content
             )
         except InvalidInstance as exc:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
             log.warning(
                 "refusing instance",
                 extra={**ids, "status": f"0x{exc.status:04X}", "reason": exc.reason},
             )
             return exc.status
-        ids.update(study=header.study_instance_uid, series=header.series_instance_uid)
+        study, series = header.study_instance_uid, header.series_instance_uid
+        ids.update(study=study, series=series)
         try:
-            outcome = self._store.commit(
-                tmp,
-                header.study_instance_uid,
-                header.series_instance_uid,
-                sop_uid,
-                synced=received.synced,
-            )
+            if tmp is None:
+                assert received.content is not None
+                outcome = self._store.write(received.content, study, series, sop_uid)
+            else:
+                outcome = self._store.commit(tmp, study, series, sop_uid, synced=received.synced)
         except OSError as exc:
             log.error("could not store instance", extra={**ids, "error": str(exc)})
             return Status.OUT_OF_RESOURCES
@@ -208,14 +207,14 @@ class StorageSCP:
             # Undo and refuse: the sender keeps the instance and retries.
             log.exception("could not record the instance's study; refused", extra=ids)
             if outcome is StoreOutcome.STORED:
-                self._store.discard(header.study_instance_uid, header.series_instance_uid, sop_uid)
+                self._store.discard(study, series, sop_uid)
             return Status.OUT_OF_RESOURCES
         log.debug("instance stored", extra={**ids, "outcome": outcome.value})
         return Status.SUCCESS
 
     def _take_dataset(self, event: Event) -> Path:
         """The received instance as a Part 10 file of our own in the store's ``tmp/``."""
-        tmp = self._store.tmp_dir / f"{uuid.uuid4().hex}.part"
+        tmp = self._store.tmp_dir / tmp_name()
         try:
             received = event.dataset_path  # chunked receive: pynetdicom wrote it to disk
         except AttributeError:
@@ -229,3 +228,8 @@ class StorageSCP:
                 raise
             shutil.copyfile(received, tmp)
         return tmp
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)

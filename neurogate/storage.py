@@ -6,19 +6,23 @@ Layout under the storage root::
     conflicts/<SOPInstanceUID>.<utc-timestamp>.dcm   same UID, different bytes: kept, never dropped
     tmp/                                              files being received (same filesystem)
 
-A file is published into ``studies/`` by hard-linking a complete, fsync'ed temporary file, so a
-reader never sees a partial instance and an existing instance is never overwritten. UIDs are
-validated (digits and dots only) before they become path components.
+A file is published into ``studies/`` by hard-linking a complete, fsync'ed file, so a reader
+never sees a partial instance and an existing instance is never overwritten: either a temporary
+file in ``tmp/`` or, for an instance whose bytes are in memory, an unnamed file (``O_TMPFILE``)
+in its series directory, which a crash leaves nowhere. UIDs are validated (digits and dots only)
+before they become path components.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import enum
+import errno
 import filecmp
 import logging
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from schemas.uids import validate_uid
@@ -29,6 +33,11 @@ STUDIES = "studies"
 CONFLICTS = "conflicts"
 TMP = "tmp"
 DICOM_SUFFIX = ".dcm"
+
+
+def tmp_name() -> str:
+    """A fresh name for a file being received in ``tmp/``."""
+    return f"{uuid.uuid4().hex}.part"
 
 
 class StoreOutcome(enum.Enum):
@@ -54,6 +63,9 @@ class InstanceStore:
         self.fsync = fsync
         for sub in (STUDIES, CONFLICTS, TMP):
             self._ensure_dir(self.root / sub)
+        self._unnamed_files = _can_link_unnamed(self.tmp_dir)
+        if not self._unnamed_files:
+            log.info("no unnamed files (O_TMPFILE) on the storage filesystem: writing via tmp/")
 
     @property
     def tmp_dir(self) -> Path:
@@ -107,16 +119,56 @@ class InstanceStore:
         finally:
             src.unlink(missing_ok=True)
 
+    def write(
+        self, content: bytes | bytearray, study_uid: str, series_uid: str, sop_uid: str
+    ) -> StoreOutcome:
+        """Publish an instance from its bytes; returns once it is durable.
+
+        The bytes go to an unnamed file in the series directory, which is flushed and then
+        linked under the instance's name: one directory entry is made and none removed, where
+        going through ``tmp/`` makes two and removes one. On a filesystem without unnamed files
+        (``O_TMPFILE``), through ``tmp/``.
+        """
+        final = self.instance_path(study_uid, series_uid, sop_uid)
+        self._ensure_dir(final.parent)
+        if self._unnamed_files:
+            fd = os.open(final.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+            try:
+                return self._publish_unnamed(fd, content, final, sop_uid)
+            finally:
+                os.close(fd)
+        tmp = self.tmp_dir / tmp_name()
+        with tmp.open("xb") as fh:
+            fh.write(content)
+        return self.commit(tmp, study_uid, series_uid, sop_uid)
+
+    def _publish_unnamed(
+        self, fd: int, content: bytes | bytearray, final: Path, sop_uid: str
+    ) -> StoreOutcome:
+        with memoryview(content) as view:
+            while view:
+                view = view[os.write(fd, view) :]
+        if self.fsync:
+            os.fsync(fd)
+        source = f"/proc/self/fd/{fd}"
+        try:
+            _link_following(source, final)
+        except FileExistsError:
+            return self._resolve_existing(source, final, sop_uid)
+        if self.fsync:
+            _fsync_dir(final.parent)
+        return StoreOutcome.STORED
+
     def discard(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
-        """Remove an instance whose receipt is being refused after :meth:`commit`."""
+        """Remove an instance whose receipt is being refused after it was published."""
         self.instance_path(study_uid, series_uid, sop_uid).unlink(missing_ok=True)
 
-    def _resolve_existing(self, src: Path, final: Path, sop_uid: str) -> StoreOutcome:
+    def _resolve_existing(self, src: Path | str, final: Path, sop_uid: str) -> StoreOutcome:
         if filecmp.cmp(src, final, shallow=False):
             return StoreOutcome.DUPLICATE
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         kept = self.root / CONFLICTS / f"{sop_uid}.{stamp}{DICOM_SUFFIX}"
-        os.link(src, kept)
+        _link_following(src, kept)
         if self.fsync:
             _fsync_dir(kept.parent)
         log.warning(
@@ -144,6 +196,37 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _can_link_unnamed(directory: Path) -> bool:
+    """Whether an unnamed file made in ``directory`` can be given a name there (a filesystem
+    with ``O_TMPFILE``, and ``/proc`` mounted)."""
+    try:
+        fd = os.open(directory, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return False
+        raise
+    probe = directory / tmp_name()
+    try:
+        _link_following(f"/proc/self/fd/{fd}", probe)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    probe.unlink()
+    return True
+
+
+def _link_following(src: Path | str, dst: Path) -> None:
+    """Hard-link ``src``, following it if it is a symbolic link (``/proc/self/fd/N`` of an
+    unnamed file): ``linkat`` with ``AT_SYMLINK_FOLLOW``, which ``os.link`` uses only when given
+    a directory descriptor."""
+    dir_fd = os.open(dst.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(src, dst.name, dst_dir_fd=dir_fd, follow_symlinks=True)
+    finally:
+        os.close(dir_fd)
 
 
 def _fsync_dir(path: Path) -> None:

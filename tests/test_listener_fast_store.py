@@ -24,6 +24,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.sop_class import MRImageStorage, Verification
 
+from dicom_listener import fast_store
 from dicom_listener.fast_store import IN_MEMORY_BYTES, split_pdvs
 from dicom_listener.service import ListenerService
 from dicom_listener.status import Status
@@ -189,20 +190,32 @@ def test_a_command_inside_a_data_set_aborts_and_nothing_is_kept(
     assert echo(listener.address[1]) == Status.SUCCESS
 
 
+@pytest.mark.parametrize("held", ["in memory", "in a file"])
 @pytest.mark.parametrize("ending", ["A-ABORT", "connection closed"])
 def test_an_association_that_ends_mid_data_set_leaves_nothing_behind(
-    settings: Settings, listener: ListenerService, instance: Path, ending: str
+    settings: Settings,
+    listener: ListenerService,
+    instance: Path,
+    ending: str,
+    held: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    if held == "in a file":
+        monkeypatch.setattr(fast_store, "IN_MEMORY_BYTES", 512)  # the 1000 bytes sent spill
     command, data = store_request(instance, message_id=1)
     with raw_association(listener.address[1]) as (assoc, store_cx, _):
         send(assoc, pdu((store_cx, COMMAND_LAST, command), (store_cx, DATA, data[:1000])))
-        wait_for(lambda: len(partial_files(settings)) == 1, timeout=10)
+        if held == "in a file":
+            wait_for(lambda: len(partial_files(settings)) == 1, timeout=10)
+        # in memory: the fragment is read before the ending, which comes after it on the socket
         if ending == "A-ABORT":
             assoc.abort()
         else:
             assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
             assoc.dul.socket.socket.close()
 
+    wait_for(lambda: "partial instance discarded" in caplog.text, timeout=10)
     wait_for(lambda: not partial_files(settings), timeout=10)
     assert stored(settings) == []
     assert echo(listener.address[1]) == Status.SUCCESS

@@ -46,3 +46,25 @@ def test_clean_tmp_removes_unacknowledged_leftovers(tmp_path: Path) -> None:
     _tmp(store, b"half")
     assert store.clean_tmp() == 1
     assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed file", "through tmp"])
+def test_write_publishes_bytes_with_the_same_outcomes_as_commit(
+    tmp_path: Path, unnamed: bool
+) -> None:
+    store = InstanceStore(tmp_path)
+    assert store._unnamed_files  # ext4, tmpfs, xfs, btrfs have them; the tests' disk too
+    store._unnamed_files = unnamed  # as on a filesystem without O_TMPFILE
+    ids = ("1.2", "1.2.3", "1.2.3.4")
+
+    assert store.write(b"first", *ids) is StoreOutcome.STORED
+    assert store.write(bytearray(b"first"), *ids) is StoreOutcome.DUPLICATE
+    assert store.write(b"other", *ids) is StoreOutcome.CONFLICT
+
+    final = store.instance_path(*ids)
+    assert final.read_bytes() == b"first"
+    assert final.stat().st_mode & 0o777 == 0o644
+    (kept,) = (tmp_path / "conflicts").iterdir()
+    assert kept.read_bytes() == b"other"
+    assert list(store.tmp_dir.iterdir()) == []
+    assert [p.name for p in final.parent.iterdir()] == [final.name]  # nothing else was named
