@@ -132,19 +132,24 @@ class InstanceStore:
         final = self.instance_path(study_uid, series_uid, sop_uid)
         self._ensure_dir(final.parent)
         if self._unnamed_files:
-            fd = os.open(final.parent, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644)
+            dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                return self._publish_unnamed(fd, content, final, sop_uid)
+                fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+                try:
+                    return self._publish_unnamed(fd, dir_fd, content, final, sop_uid)
+                finally:
+                    os.close(fd)
             finally:
-                os.close(fd)
+                os.close(dir_fd)
         tmp = self.tmp_dir / tmp_name()
         with tmp.open("xb") as fh:
             fh.write(content)
         return self.commit(tmp, study_uid, series_uid, sop_uid)
 
     def _publish_unnamed(
-        self, fd: int, content: bytes | bytearray, final: Path, sop_uid: str
+        self, fd: int, dir_fd: int, content: bytes | bytearray, final: Path, sop_uid: str
     ) -> StoreOutcome:
+        """Write, flush and name the unnamed file ``fd`` of the directory ``dir_fd``."""
         with memoryview(content) as view:
             while view:
                 view = view[os.write(fd, view) :]
@@ -152,11 +157,12 @@ class InstanceStore:
             os.fsync(fd)
         source = f"/proc/self/fd/{fd}"
         try:
-            _link_following(source, final)
+            # linkat(AT_SYMLINK_FOLLOW): os.link asks for it only when given a directory fd
+            os.link(source, final.name, dst_dir_fd=dir_fd, follow_symlinks=True)
         except FileExistsError:
             return self._resolve_existing(source, final, sop_uid)
         if self.fsync:
-            _fsync_dir(final.parent)
+            os.fsync(dir_fd)
         return StoreOutcome.STORED
 
     def discard(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
