@@ -185,6 +185,11 @@ class StoreReceiver:
             self._receive(fragment)
         return True
 
+    @property
+    def receiving(self) -> bool:
+        """Whether a data set is in progress (its next fragment is awaited)."""
+        return self._incoming is not None
+
     def discard(self) -> None:
         """Drop a partly received data set (the association ended or broke)."""
         incoming, self._incoming = self._incoming, None

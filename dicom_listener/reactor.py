@@ -295,9 +295,8 @@ class EventDrivenDUL(DULServiceProvider):
     def _wait_for_work(self) -> None:
         """Return when the peer sent data, a primitive was queued, or after ``MAX_IDLE_S``."""
         watched: list[Any] = [self._wake_up]
-        assoc_socket = self.socket
-        raw = assoc_socket.socket if assoc_socket is not None else None
-        if raw is not None and assoc_socket is not None and assoc_socket._is_connected:
+        raw = self._connected_socket()
+        if raw is not None:
             if isinstance(raw, ssl.SSLSocket) and raw.pending():
                 return  # decrypted bytes already buffered: select() would not see them
             watched.append(raw)
@@ -332,12 +331,43 @@ class EventDrivenDUL(DULServiceProvider):
                 self.store_receiver.discard()
 
     def _read_pdu_data(self) -> None:
+        """Read a PDU; while it leaves a C-STORE data set in progress on the fast path and the
+        next PDU is already waiting on the socket, read that one too.
+
+        A data set follows its command set without waiting for anything from this side, so
+        its PDUs are taken here rather than one per turn of the reactor loop, each turn costing
+        two ``select`` calls, a wake-up drain and the queue and timer checks.
+        """
+        while self._read_one_pdu() and not self._kill_thread and self._readable():
+            continue
+
+    def _connected_socket(self) -> socket.socket | None:
+        assoc_socket = self.socket
+        if assoc_socket is None or not assoc_socket._is_connected:
+            return None
+        return assoc_socket.socket
+
+    def _readable(self) -> bool:
+        """Whether bytes wait on the association's socket now (without blocking)."""
+        raw = self._connected_socket()
+        if raw is None:
+            return False
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return True
+        try:
+            ready, _, _ = select.select([raw], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(ready)
+
+    def _read_one_pdu(self) -> bool:
         """pynetdicom 3.0.4's ``DULServiceProvider._read_pdu_data``; C-STORE PDUs short-cut.
 
         Changed from pynetdicom: once a PDU is read whole, a P-DATA-TF PDU in an established
         association is offered to the C-STORE fast path (:mod:`dicom_listener.fast_store`);
         any other PDU ends a data set in progress there. What the fast path declines is
-        decoded and put on the state machine's queue exactly as before.
+        decoded and put on the state machine's queue exactly as before. Returns whether the
+        fast path took the PDU and a data set is still in progress there.
         """
         bytestream = bytearray()
         self.socket = cast("AssociationSocket", self.socket)
@@ -352,7 +382,7 @@ class EventDrivenDUL(DULServiceProvider):
             log.exception(exc)
             # Evt17: Transport connection closed
             self.event_queue.put("Evt17")
-            return
+            return False
 
         try:
             # Byte 1 is always the PDU type
@@ -363,7 +393,7 @@ class EventDrivenDUL(DULServiceProvider):
             # READ_PDU_EXC_B
             # Evt17: Transport connection closed
             self.event_queue.put("Evt17")
-            return
+            return False
 
         # If the `pdu_type` is unrecognised
         if pdu_type not in (0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07):
@@ -371,7 +401,7 @@ class EventDrivenDUL(DULServiceProvider):
             log.error(f"Unknown PDU type received '0x{pdu_type:02X}'")
             # Evt19: Unrecognised or invalid PDU received
             self.event_queue.put("Evt19")
-            return
+            return False
 
         # Try and read the rest of the PDU
         try:
@@ -382,7 +412,7 @@ class EventDrivenDUL(DULServiceProvider):
             log.exception(exc)
             # Evt17: Transport connection closed
             self.event_queue.put("Evt17")
-            return
+            return False
 
         # Check that the PDU data was completely read
         if len(bytestream) != 6 + pdu_length:
@@ -393,7 +423,7 @@ class EventDrivenDUL(DULServiceProvider):
                 f"{6 + pdu_length} bytes received)"
             )
             self.event_queue.put("Evt17")
-            return
+            return False
 
         # Changed from pynetdicom: the C-STORE fast path. A ProtocolViolation it raises ends
         # in the reactor loop's handler, which aborts the association.
@@ -401,7 +431,7 @@ class EventDrivenDUL(DULServiceProvider):
         if receiver is not None:
             if pdu_type == P_DATA_TF and self.state_machine.current_state == "Sta6":
                 if receiver.take(bytestream):
-                    return
+                    return receiver.receiving
             else:
                 receiver.discard()
 
@@ -415,9 +445,10 @@ class EventDrivenDUL(DULServiceProvider):
             log.exception(exc)
             # Evt19: Unrecognised or invalid PDU received
             self.event_queue.put("Evt19")
-            return
+            return False
 
         self._recv_pdu.put(pdu)
+        return False
 
     def _run_reactor_loop(self) -> None:
         # Main DUL loop
