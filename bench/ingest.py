@@ -113,7 +113,11 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             total += int(line.split()[1]) / 1024
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile
+        for child in children:
             total += peak_rss_mb(int(child))
     return total
 
