@@ -23,6 +23,7 @@ from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.routes import auth, classify, patients, service, studies, uploads, users
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
+from api.throttle import LoginThrottle
 from neurogate.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,10 @@ def create_app(
         passwords=PasswordHasher(bcrypt_rounds),
         tokens=TokenIssuer.from_settings(settings),
         classifier=Classifier(settings.models.classification),
+        login_throttle=LoginThrottle(
+            max_failures=settings.api.login_max_failures,
+            window_seconds=settings.api.login_window_seconds,
+        ),
         on_change=on_change,
         sse_poll_seconds=sse_poll_seconds,
         sessions=sessions,

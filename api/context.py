@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.inference import Classifier
 from api.metrics import Metrics
 from api.security import PasswordHasher, TokenIssuer
+from api.throttle import LoginThrottle
 from neurogate.settings import Settings
 
 
@@ -25,6 +26,8 @@ class ApiContext:
         Password hashing and access tokens.
     classifier
         The slice classifier, loaded on first use (TensorFlow is imported then, not before).
+    login_throttle
+        Counts failed sign-ins (:mod:`api.throttle`).
     on_change
         Called after a commit that put events in the outbox (wakes a relay in the same process).
     sse_poll_seconds
@@ -35,6 +38,7 @@ class ApiContext:
     passwords: PasswordHasher
     tokens: TokenIssuer
     classifier: Classifier
+    login_throttle: LoginThrottle
     metrics: Metrics = field(default_factory=Metrics)
     on_change: Callable[[], None] = lambda: None
     sse_poll_seconds: float = 1.0

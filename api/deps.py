@@ -57,7 +57,14 @@ def get_current_user(
     user = session.get(User, claims.user_id)
     if user is None or not user.active:
         raise unauthorized("account not found or disabled")
+    if claims.version != user.token_version:
+        raise unauthorized("token revoked: sign in again")
     return user
+
+
+def revoke_tokens(user: User) -> None:
+    """Invalidate every access token issued to ``user`` so far (committed by the caller)."""
+    user.token_version += 1
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -48,6 +48,7 @@ class PasswordHasher:
 class TokenClaims:
     user_id: int
     role: str
+    version: int  # the account's token version when issued (see User.token_version)
 
 
 class InvalidToken(Exception):
@@ -86,11 +87,12 @@ class TokenIssuer:
     def lifetime_seconds(self) -> int:
         return int(self._lifetime.total_seconds())
 
-    def issue(self, *, user_id: int, role: str) -> str:
+    def issue(self, *, user_id: int, role: str, version: int) -> str:
         now = dt.datetime.now(dt.UTC)
         claims = {
             "sub": str(user_id),
             "role": role,
+            "ver": version,
             "iss": _ISSUER,
             "iat": now,
             "exp": now + self._lifetime,
@@ -104,8 +106,10 @@ class TokenIssuer:
                 self._secret,
                 algorithms=[_ALGORITHM],
                 issuer=_ISSUER,
-                options={"require": ["sub", "exp", "iat", "iss"]},
+                options={"require": ["sub", "exp", "iat", "iss", "ver"]},
             )
-            return TokenClaims(user_id=int(claims["sub"]), role=str(claims["role"]))
+            return TokenClaims(
+                user_id=int(claims["sub"]), role=str(claims["role"]), version=int(claims["ver"])
+            )
         except (jwt.PyJWTError, KeyError, ValueError) as exc:
             raise InvalidToken(str(exc)) from exc

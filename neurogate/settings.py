@@ -218,6 +218,9 @@ class ApiSettings(BaseModel):
     # Signs the access tokens; required in production, generated per process when local.
     jwt_secret: SecretStr | None = None
     access_token_minutes: int = Field(60, ge=1)
+    # Failed sign-ins allowed per account and client within the window before 429s.
+    login_max_failures: int = Field(5, ge=1)
+    login_window_seconds: float = Field(300.0, gt=0)
     max_upload_mb: float = Field(512.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = []
     # The first admin account, created at start when no admin exists (no default password).

@@ -8,6 +8,8 @@ made by admins or from settings (:mod:`api.bootstrap`).
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -17,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import ContextDep, CurrentUser, SessionDep, unauthorized
+from api.deps import ContextDep, CurrentUser, SessionDep, revoke_tokens, unauthorized
 from api.errors import ApiError, ErrorCode, responses
 from api.schemas import LoginRequest, MeUpdate, RegisterRequest, Role, Token, UserOut
 from api.views import user_out
 from neurogate.db.models import User
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -63,22 +66,54 @@ async def login_credentials(request: Request) -> LoginRequest:
     "/login",
     response_model=Token,
     openapi_extra=_LOGIN_BODY,
-    responses=responses(400, 401, 403, 415, 422),
+    responses=responses(400, 401, 403, 415, 422, 429),
 )
 def login(
+    request: Request,
     context: ContextDep,
     session: SessionDep,
     credentials: Annotated[LoginRequest, Depends(login_credentials)],
 ) -> Token:
-    """An access token for a username and password (OAuth2 password flow, or JSON)."""
+    """An access token for a username and password (OAuth2 password flow, or JSON).
+
+    After ``api.login_max_failures`` wrong passwords for one account from one client within
+    ``api.login_window_seconds``, that client's sign-ins to the account get 429 with
+    ``Retry-After`` (the password is then not even checked) until the window has moved on.
+    """
+    client = request.client.host if request.client is not None else None
+    throttle = context.login_throttle
+    key = throttle.key(credentials.username, client)
+    wait = throttle.retry_after(key)
+    if wait is not None:
+        seconds = max(1, math.ceil(wait))
+        log.warning(
+            "sign-in refused: too many failures",
+            extra={"username": credentials.username, "client": client, "retry_after": seconds},
+        )
+        raise ApiError(
+            429,
+            ErrorCode.TOO_MANY_REQUESTS,
+            f"too many failed sign-ins; try again in {seconds} s",
+            headers={"Retry-After": str(seconds)},
+        )
     user = queries.user_by_username(session, username=credentials.username)
     ok = context.passwords.verify(credentials.password, user.password_hash if user else None)
     if user is None or not ok:
+        throttle.failed(key)
+        log.warning("failed sign-in", extra={"username": credentials.username, "client": client})
         raise unauthorized("incorrect username or password")
+    throttle.succeeded(key)
     if not user.active:
         raise ApiError(403, ErrorCode.FORBIDDEN, "account is not active (awaiting an admin?)")
-    token = context.tokens.issue(user_id=user.id, role=user.role)
+    token = context.tokens.issue(user_id=user.id, role=user.role, version=user.token_version)
     return Token(access_token=token, expires_in=context.tokens.lifetime_seconds)
+
+
+@router.post("/logout", status_code=204, responses=responses(401))
+def logout(session: SessionDep, user: CurrentUser) -> None:
+    """Sign out everywhere: every access token of the account stops working."""
+    revoke_tokens(user)
+    session.commit()
 
 
 @router.post("/register", status_code=201, response_model=UserOut, responses=responses(409, 422))
@@ -125,13 +160,15 @@ def me(user: CurrentUser) -> UserOut:
 def update_me(
     context: ContextDep, session: SessionDep, user: CurrentUser, body: MeUpdate
 ) -> UserOut:
-    """Change one's profile, or one's password (the current password is then required)."""
+    """Change one's profile, or one's password (the current password is then required; the
+    account's tokens, this one included, stop working: sign in again with the new password)."""
     changes = body.model_dump(exclude_unset=True, exclude={"password", "current_password"})
     if body.password is not None:
         current = body.current_password or ""
         if not context.passwords.verify(current, user.password_hash):
             raise ApiError(403, ErrorCode.FORBIDDEN, "current password is wrong")
         user.password_hash = context.passwords.hash(body.password)
+        revoke_tokens(user)
     if changes.get("email") not in (None, user.email):
         other = queries.user_by_email(session, email=changes["email"])
         if other is not None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import AdminUser, ContextDep, Limit, Offset, SessionDep
+from api.deps import AdminUser, ContextDep, Limit, Offset, SessionDep, revoke_tokens
 from api.errors import ApiError, ErrorCode, not_found, responses
 from api.routes.auth import add_user
 from api.schemas import Page, Role, UserCreate, UserOut, UserUpdate
@@ -102,6 +102,9 @@ def update_user(
     new_email = changes.get("email")
     if new_email not in (None, user.email) and queries.user_by_email(session, email=new_email):
         raise ApiError(409, ErrorCode.CONFLICT, "email already registered")
+    # A password reset, a change of role or a deactivation ends the account's sessions: its
+    # tokens stop working (a deactivated account's, also once it is activated again).
+    revoke = body.password is not None or role.value != user.role or changes.get("active") is False
     for name, value in changes.items():
         if name == "active" and value is None:
             continue
@@ -109,5 +112,7 @@ def update_user(
     user.role = role.value
     if body.password is not None:
         user.password_hash = context.passwords.hash(body.password)
+    if revoke:
+        revoke_tokens(user)
     session.commit()
     return user_out(user)

@@ -269,6 +269,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(128))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime]
+    # Carried in every access token; raising it revokes the account's tokens issued so far
+    # (sign-out, password change, an admin's change of role, activity or password).
+    token_version: Mapped[int] = mapped_column(default=0, server_default="0")
 
     patient: Mapped[Patient | None] = relationship()
 
