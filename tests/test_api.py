@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ from sqlalchemy import select
 
 from api.app import create_app
 from api.bootstrap import create_admin
+from api.routes import studies as studies_routes
 from api.server import ApiService
 from neurogate.bus import open_bus
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
@@ -375,15 +377,26 @@ def test_resend_sets_failed_exports_back_to_pending(
 
 
 def test_the_event_stream_follows_the_analysis_until_it_completes(
-    client: TestClient, seeded: dict[str, dict[str, str]]
+    client: TestClient, seeded: dict[str, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def finish_later() -> None:
-        time.sleep(0.3)
+    first_read = threading.Event()
+    snapshot = studies_routes._snapshot
+
+    def observed_snapshot(*args: Any) -> Any:
+        try:
+            return snapshot(*args)
+        finally:
+            first_read.set()
+
+    monkeypatch.setattr(studies_routes, "_snapshot", observed_snapshot)
+
+    def finish_once_read() -> None:  # the stream has seen the analysis running by then
+        assert first_read.wait(30)
         with sessions_of(client).begin() as session:
             row = session.scalars(select(Analysis).where(Analysis.study_instance_uid == S2)).one()
             row.status, row.step, row.progress = "completed", None, 1.0
 
-    worker = threading.Thread(target=finish_later)
+    worker = threading.Thread(target=finish_once_read)
     worker.start()
     with client.stream("GET", f"/api/studies/{S2}/events", headers=seeded["clinician"]) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")

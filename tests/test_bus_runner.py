@@ -193,16 +193,17 @@ def test_stop_finishes_the_message_in_hand_and_leaves_the_rest(bus: Bus) -> None
         publisher.publish("t", "k", value)
     consumer = RecordingConsumer(bus.consumer(["t"], GROUP))
     handled: list[bytes] = []
-    stopping = threading.Event()
+    stopping, stopped = threading.Event(), threading.Event()
 
     def handler(message: Message) -> None:
         stopping.set()  # SIGTERM arrives while the first message is being handled
-        time.sleep(0.2)
+        assert stopped.wait(30)
         handled.append(message.value)
 
     with running(consumer, bus.publisher(), handler) as stop:
         wait_for(stopping.is_set)
         stop.set()
+        stopped.set()
 
     assert handled == [b"m0"]
     assert [m.value for m in consumer.committed] == [b"m0"]
