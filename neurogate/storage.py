@@ -220,7 +220,7 @@ def _can_link_unnamed(directory: Path) -> bool:
         return False
     finally:
         os.close(fd)
-    probe.unlink()
+    probe.unlink(missing_ok=True)
     return True
 
 
