@@ -221,6 +221,21 @@ def test_an_association_that_ends_mid_data_set_leaves_nothing_behind(
     assert echo(listener.address[1]) == Status.SUCCESS
 
 
+def test_a_connection_closed_inside_a_pdu_leaves_nothing_behind(
+    settings: Settings, listener: ListenerService, instance: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    command, data = store_request(instance, message_id=1)
+    with raw_association(listener.address[1]) as (assoc, store_cx, _):
+        whole = pdu((store_cx, COMMAND_LAST, command), (store_cx, DATA_LAST, data))
+        send(assoc, whole[: len(whole) // 2])  # the header promises more than ever comes
+        assert assoc.dul.socket is not None and assoc.dul.socket.socket is not None
+        assoc.dul.socket.socket.close()
+
+    wait_for(lambda: "shorter than expected" in caplog.text, timeout=10)
+    assert stored(settings) == [] and partial_files(settings) == []
+    assert echo(listener.address[1]) == Status.SUCCESS
+
+
 def test_split_pdvs_reads_items_and_refuses_malformed_ones() -> None:
     whole = pdu((1, COMMAND_LAST, b"abc"), (3, DATA_LAST, b"de"))
     fragments = split_pdvs(whole)
