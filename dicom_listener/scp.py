@@ -66,6 +66,7 @@ VERIFICATION = "1.2.840.10008.1.1"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 Handler = EventHandlerType
 _MB = 1 << 20
+FREE_SPACE_MAX_AGE_S = 0.5
 
 
 def build_ae(settings: ListenerSettings) -> AE:
@@ -169,7 +170,9 @@ class StorageSCP:
         """
         tmp = received.path
         ids = {**_association_ids(assoc), "sop_instance_uid": sop_uid}
-        if self._store.free_bytes() < self._min_free_bytes:
+        # A reading of the free space up to half a second old: at the node's rate that is a
+        # few hundred MB at most, well inside the margin MIN_FREE_DISK_MB is there to keep.
+        if self._store.free_bytes(max_age_s=FREE_SPACE_MAX_AGE_S) < self._min_free_bytes:
             _remove(tmp)
             log.error("refusing instance: storage volume is nearly full", extra=ids)
             return Status.OUT_OF_RESOURCES

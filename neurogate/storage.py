@@ -20,8 +20,10 @@ import enum
 import errno
 import filecmp
 import logging
+import math
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +35,7 @@ STUDIES = "studies"
 CONFLICTS = "conflicts"
 TMP = "tmp"
 DICOM_SUFFIX = ".dcm"
+_KNOWN_SERIES_DIRS = 4096  # series directories remembered as existing, at most
 
 
 def tmp_name() -> str:
@@ -64,6 +67,8 @@ class InstanceStore:
         for sub in (STUDIES, CONFLICTS, TMP):
             self._ensure_dir(self.root / sub)
         self._unnamed_files = _can_link_unnamed(self.tmp_dir)
+        self._free: tuple[float, int] = (-math.inf, 0)  # (monotonic time read, free bytes)
+        self._series_dirs: set[Path] = set()  # series directories known to exist
         if not self._unnamed_files:
             log.info("no unnamed files (O_TMPFILE) on the storage filesystem: writing via tmp/")
 
@@ -84,8 +89,14 @@ class InstanceStore:
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.series_dir(study_uid, series_uid) / f"{validate_uid(sop_uid)}{DICOM_SUFFIX}"
 
-    def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+    def free_bytes(self, *, max_age_s: float = 0.0) -> int:
+        """Free space on the storage volume; a reading up to ``max_age_s`` old will do."""
+        read_at, free = self._free
+        now = time.monotonic()
+        if now - read_at > max_age_s:
+            free = shutil.disk_usage(self.root).free
+            self._free = (now, free)
+        return free
 
     def clean_tmp(self) -> int:
         """Remove files left in ``tmp/`` by a crash; none of them was acknowledged."""
@@ -130,9 +141,8 @@ class InstanceStore:
         (``O_TMPFILE``), through ``tmp/``.
         """
         final = self.instance_path(study_uid, series_uid, sop_uid)
-        self._ensure_dir(final.parent)
         if self._unnamed_files:
-            dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            dir_fd = self._open_series_dir(final.parent)
             try:
                 fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
                 try:
@@ -145,6 +155,25 @@ class InstanceStore:
         with tmp.open("xb") as fh:
             fh.write(content)
         return self.commit(tmp, study_uid, series_uid, sop_uid)
+
+    def _open_series_dir(self, path: Path) -> int:
+        """A descriptor of the series directory ``path``, made (durably) if missing.
+
+        Whether it exists is remembered rather than asked of the filesystem per instance; a
+        directory removed since (a study deleted) is made again.
+        """
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if path in self._series_dirs:
+            try:
+                return os.open(path, flags)
+            except FileNotFoundError:
+                self._series_dirs.discard(path)
+        self._ensure_dir(path)
+        fd = os.open(path, flags)
+        if len(self._series_dirs) >= _KNOWN_SERIES_DIRS:
+            self._series_dirs.clear()
+        self._series_dirs.add(path)
+        return fd
 
     def _publish_unnamed(
         self, fd: int, dir_fd: int, content: bytes | bytearray, final: Path, sop_uid: str

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from neurogate import storage
 from neurogate.storage import InstanceStore, StoreOutcome
 
 
@@ -68,3 +71,27 @@ def test_write_publishes_bytes_with_the_same_outcomes_as_commit(
     assert kept.read_bytes() == b"other"
     assert list(store.tmp_dir.iterdir()) == []
     assert [p.name for p in final.parent.iterdir()] == [final.name]  # nothing else was named
+
+
+def test_a_series_directory_removed_since_it_was_last_written_is_made_again(
+    tmp_path: Path,
+) -> None:
+    store = InstanceStore(tmp_path)
+    assert store.write(b"first", "1.2", "1.2.3", "1.2.3.4") is StoreOutcome.STORED
+    shutil.rmtree(store.study_dir("1.2"))  # the study deleted (retention, an operator)
+
+    assert store.write(b"second", "1.2", "1.2.3", "1.2.3.5") is StoreOutcome.STORED
+    assert store.instance_path("1.2", "1.2.3", "1.2.3.5").read_bytes() == b"second"
+
+
+def test_free_space_is_read_again_once_the_reading_is_older_than_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InstanceStore(tmp_path)
+    readings = iter([100, 50])
+    monkeypatch.setattr(
+        storage.shutil, "disk_usage", lambda _: SimpleNamespace(free=next(readings))
+    )
+    assert store.free_bytes(max_age_s=60) == 100
+    assert store.free_bytes(max_age_s=60) == 100  # cached
+    assert store.free_bytes() == 50  # max_age_s=0: read now
