@@ -1,11 +1,14 @@
 """Ingest benchmark: dcmtk storescu → dcmtk storescp vs. → the NeuroGate listener, same run.
 
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
-their ratio, and the listener's peak memory. Extra rows: the listener with its fsyncs off
+their ratio, the CPU time each receiver spent per image (user and system, from ``/proc``: on a
+machine whose cores the senders share, what bounds concurrent throughput) and its peak memory.
+Extra rows: the listener with its fsyncs off
 (storescp does not fsync), to show what durability costs; and, with concurrent associations,
 the listener with receiver processes (``listener.processes``, peak memory summed). Rounds
 alternate between the receivers so that machine noise hits all alike; the median round is
-reported. ``--memory 500,2000`` instead sends studies of each size to a fresh listener and
+reported. What the receivers store is kept until the end (some GB: images x rounds x rows).
+``--memory 500,2000`` instead sends studies of each size to a fresh listener and
 prints its peak memory for each: flat memory means the peaks do not grow with the number of
 images.
 
@@ -106,36 +109,73 @@ def listener(
     )
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Peak resident memory of ``pid`` and its descendants (receiver processes), summed."""
-    total = 0.0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            total += int(line.split()[1]) / 1024
+def _family(pid: int) -> list[int]:
+    """``pid`` and its descendants (receiver processes)."""
+    family = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()
         except FileNotFoundError:
             continue  # a thread that ended meanwhile
         for child in children:
-            total += peak_rss_mb(int(child))
+            family += _family(int(child))
+    return family
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory of ``pid`` and its descendants, summed."""
+    total = 0.0
+    for member in _family(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
     return total
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of ``pid`` and its descendants (their ended threads included)."""
+    total = 0
+    for member in _family(pid):
+        fields = Path(f"/proc/{member}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _CLOCK_TICKS
+
+
 def run_once(
-    start: Callable[[Path, int], subprocess.Popen[bytes]], files: list[Path], associations: int
-) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory(dir=REPO / "var") as folder:
-        port = free_port()
-        proc = start(Path(folder), port)
-        try:
-            wait_port(port)
-            seconds = send(port, files, associations)
-            peak = peak_rss_mb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    return seconds, peak
+    start: Callable[[Path, int], subprocess.Popen[bytes]],
+    files: list[Path],
+    associations: int,
+    received: Path,
+) -> tuple[float, float, float]:
+    """Seconds to send ``files`` to a fresh receiver, the CPU seconds it spent meanwhile, and
+    its peak memory.
+
+    What the receiver stored stays in a new folder under ``received`` until the benchmark
+    ends. Deleting it between rounds would tax the next round: ext4 without a journal (this
+    development machine's root filesystem) skips every inode freed in the last 5 to 300
+    seconds when it allocates one, so after a round's thousand files are deleted each file the
+    next receiver creates costs up to a millisecond of system time, whichever receiver it is.
+    """
+    # What the previous receiver left in the page cache is written out now, not during this
+    # receiver's run: storescp does not flush its files, and the kernel would otherwise write
+    # them back while the next receiver is being timed.
+    os.sync()
+    folder = Path(tempfile.mkdtemp(dir=received))
+    port = free_port()
+    proc = start(folder, port)
+    try:
+        wait_port(port)
+        cpu_before = cpu_seconds(proc.pid)
+        seconds = send(port, files, associations)
+        cpu = cpu_seconds(proc.pid) - cpu_before
+        peak = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    return seconds, cpu, peak
 
 
 def write_study(folder: Path, images: int, size: int) -> tuple[list[Path], float]:
@@ -172,28 +212,36 @@ def receivers_for(associations: int, processes: int) -> dict[str, Receiver]:
 
 
 def throughput(args: argparse.Namespace, data: Path) -> None:
-    files, megabytes = write_study(data, args.images, args.size)
+    files, megabytes = write_study(data / "sent", args.images, args.size)
+    received = data / "received"
+    received.mkdir()
     print(
         f"{len(files)} MR images, {megabytes:.0f} MB, {os.cpu_count()} CPUs, "
         f"{args.rounds} alternating rounds, median reported\n"
     )
-    print(f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'peak MB':>9}{'ratio':>8}")
+    print(
+        f"{'receiver':<22}{'assocs':>7}{'images/s':>11}{'MB/s':>9}{'CPU ms/img':>11}"
+        f"{'peak MB':>9}{'ratio':>8}"
+    )
     for associations in (1, args.associations):
         receivers = receivers_for(associations, args.processes)
         times: dict[str, list[float]] = {name: [] for name in receivers}
+        cpus: dict[str, list[float]] = {name: [] for name in receivers}
         peaks: dict[str, list[float]] = {name: [] for name in receivers}
         for _ in range(args.rounds):
             for name, start in receivers.items():
-                seconds, peak = run_once(start, files, associations)
+                seconds, cpu, peak = run_once(start, files, associations, received)
                 times[name].append(seconds)
+                cpus[name].append(cpu)
                 peaks[name].append(peak)
         reference = statistics.median(times["dcmtk storescp"])
         for name in times:
             seconds = statistics.median(times[name])
+            cpu_ms = statistics.median(cpus[name]) * 1e3 / len(files)
             print(
                 f"{name:<22}{associations:>7}{len(files) / seconds:>11.0f}"
-                f"{megabytes / seconds:>9.1f}{max(peaks[name]):>9.0f}"
-                f"{reference / seconds:>8.2f}"
+                f"{megabytes / seconds:>9.1f}{cpu_ms:>11.2f}"
+                f"{max(peaks[name]):>9.0f}{reference / seconds:>8.2f}"
             )
 
 
@@ -207,7 +255,7 @@ def memory(args: argparse.Namespace, data: Path) -> None:
     print(f"{'images':>7}{'MB sent':>9}{'images/s':>10}{'peak MB':>9}")
     for images in sizes:
         files, megabytes = write_study(data / str(images), images, args.size)
-        seconds, peak = run_once(listener, files, args.associations)
+        seconds, _, peak = run_once(listener, files, args.associations, data)
         print(f"{len(files):>7}{megabytes:>9.0f}{len(files) / seconds:>10.0f}{peak:>9.0f}")
 
 
