@@ -237,6 +237,32 @@ class _WholeReadSocket(AssociationSocket):
         del buffer[nr_read:]
         return buffer
 
+    def recv_waiting(self, nr_bytes: int) -> bytearray | None:
+        """As :meth:`recv` if bytes wait on the socket; ``None``, having read nothing, if none do.
+
+        One ``recv`` that may find nothing, where asking ``select`` first costs a second system
+        call whenever something is there. ``None`` too on a TLS socket with nothing decrypted
+        and nothing readable (there a flag-less ``recv`` is all there is).
+        """
+        if self.socket is None or not self._is_connected:
+            return None
+        sock = cast(socket.socket, self.socket)
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.pending():
+                return self.recv(nr_bytes)
+            ready, _, _ = select.select([sock], [], [], 0)
+            return self.recv(nr_bytes) if ready else None
+        buffer = bytearray(nr_bytes)
+        try:
+            received = sock.recv_into(buffer, nr_bytes, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        if 0 < received < nr_bytes:  # the rest is on its way: wait for it as recv does
+            buffer[received:] = self.recv(nr_bytes - received)
+        else:
+            del buffer[received:]  # 0: the peer closed the connection
+        return buffer
+
 
 def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a plain C-STORE-RSP, as pynetdicom would encode it.
@@ -355,16 +381,27 @@ class EventDrivenDUL(DULServiceProvider):
 
         A data set follows its command set without waiting for anything from this side, so
         its PDUs are taken here rather than one per turn of the reactor loop, each turn costing
-        two ``select`` calls, a wake-up drain and the queue and timer checks.
+        two ``select`` calls, a wake-up drain and the queue and timer checks. Whether the next
+        one is there is asked by reading it (:meth:`_WholeReadSocket.recv_waiting`), not by a
+        ``select`` before the read: every system call is a chance for another association's
+        thread to take the interpreter lock, and for this one to wait to get it back.
         """
-        while self._read_one_pdu() and not self._kill_thread and self._readable():
-            continue
+        in_progress = self._read_one_pdu()
+        while in_progress and not self._kill_thread:
+            in_progress = self._read_one_pdu(only_waiting=True)
 
     def _connected_socket(self) -> socket.socket | None:
         assoc_socket = self.socket
         if assoc_socket is None or not assoc_socket._is_connected:
             return None
         return assoc_socket.socket
+
+    def _recv_waiting(self, nr_bytes: int) -> bytearray | None:
+        """``nr_bytes`` from the socket if they have begun to arrive; ``None`` if not."""
+        sock = self.socket
+        if isinstance(sock, _WholeReadSocket):
+            return sock.recv_waiting(nr_bytes)
+        return sock.recv(nr_bytes) if sock is not None and self._readable() else None
 
     def _readable(self) -> bool:
         """Whether bytes wait on the association's socket now (without blocking)."""
@@ -379,14 +416,15 @@ class EventDrivenDUL(DULServiceProvider):
             return False
         return bool(ready)
 
-    def _read_one_pdu(self) -> bool:
+    def _read_one_pdu(self, *, only_waiting: bool = False) -> bool:
         """pynetdicom 3.0.4's ``DULServiceProvider._read_pdu_data``; C-STORE PDUs short-cut.
 
         Changed from pynetdicom: once a PDU is read whole, a P-DATA-TF PDU in an established
         association is offered to the C-STORE fast path (:mod:`dicom_listener.fast_store`);
         any other PDU ends a data set in progress there. What the fast path declines is
         decoded and put on the state machine's queue exactly as before. Returns whether the
-        fast path took the PDU and a data set is still in progress there.
+        fast path took the PDU and a data set is still in progress there. ``only_waiting``:
+        read a PDU only if its first bytes are on the socket already (else return ``False``).
         """
         bytestream = bytearray()
         self.socket = cast("AssociationSocket", self.socket)
@@ -394,7 +432,14 @@ class EventDrivenDUL(DULServiceProvider):
 
         # Try and read the PDU type and length from the socket
         try:
-            bytestream.extend(self.socket.recv(6))
+            if only_waiting:
+                # Changed from pynetdicom: a PDU that has not begun to arrive is not waited for
+                header = self._recv_waiting(6)
+                if header is None:
+                    return False
+                bytestream.extend(header)
+            else:
+                bytestream.extend(self.socket.recv(6))
         except (OSError, TimeoutError) as exc:
             # READ_PDU_EXC_A
             log.error("Connection closed before the entire PDU was received")

@@ -15,6 +15,7 @@ before they become path components.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import enum
 import errno
@@ -23,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -69,6 +71,7 @@ class InstanceStore:
         self._unnamed_files = _can_link_unnamed(self.tmp_dir)
         self._free: tuple[float, int] = (-math.inf, 0)  # (monotonic time read, free bytes)
         self._series_dirs: set[Path] = set()  # series directories known to exist
+        self._held = threading.local()  # each thread's series directory, held open
         if not self._unnamed_files:
             log.info("no unnamed files (O_TMPFILE) on the storage filesystem: writing via tmp/")
 
@@ -142,19 +145,51 @@ class InstanceStore:
         """
         final = self.instance_path(study_uid, series_uid, sop_uid)
         if self._unnamed_files:
-            dir_fd = self._open_series_dir(final.parent)
             try:
-                fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
-                try:
-                    return self._publish_unnamed(fd, dir_fd, content, final, sop_uid)
-                finally:
-                    os.close(fd)
-            finally:
-                os.close(dir_fd)
+                return self._write_unnamed(content, final, sop_uid)
+            except OSError:
+                if not self._held_dir_removed():
+                    raise
+                # The series directory held open was removed (its study deleted) since this
+                # thread last stored into it: make it again, once.
+                self._release_series_dir(final.parent)
+                return self._write_unnamed(content, final, sop_uid)
         tmp = self.tmp_dir / tmp_name()
         with tmp.open("xb") as fh:
             fh.write(content)
         return self.commit(tmp, study_uid, series_uid, sop_uid)
+
+    def _write_unnamed(self, content: bytes | bytearray, final: Path, sop_uid: str) -> StoreOutcome:
+        dir_fd = self._held_series_dir(final.parent)
+        fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            return self._publish_unnamed(fd, dir_fd, content, final, sop_uid)
+        finally:
+            os.close(fd)
+
+    def _held_series_dir(self, path: Path) -> int:
+        """A descriptor of the series directory ``path``, which this thread keeps open.
+
+        A sender stores a series' instances one after the other, so each thread holds the
+        directory it stored into last: two system calls (open, close) fewer per instance.
+        """
+        held: _HeldDirectory | None = getattr(self._held, "directory", None)
+        if held is not None and held.path == path:
+            return held.fd
+        fd = self._open_series_dir(path)
+        self._held.directory = _HeldDirectory(path, fd)  # closes the one held before
+        return fd
+
+    def _held_dir_removed(self) -> bool:
+        """Whether the directory this thread holds open has been removed (no name links to it:
+        creating or linking a file there fails, with EPERM or ENOENT)."""
+        held: _HeldDirectory | None = getattr(self._held, "directory", None)
+        return held is not None and os.fstat(held.fd).st_nlink == 0
+
+    def _release_series_dir(self, path: Path) -> None:
+        """Forget the series directory ``path``: this thread's descriptor, and that it exists."""
+        self._held.directory = None
+        self._series_dirs.discard(path)
 
     def _open_series_dir(self, path: Path) -> int:
         """A descriptor of the series directory ``path``, made (durably) if missing.
@@ -223,6 +258,21 @@ class InstanceStore:
             return
         if self.fsync:
             _fsync_dir(path.parent)
+
+
+class _HeldDirectory:
+    """An open descriptor of a directory, closed when the holder lets it go (or its thread
+    ends)."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    def __del__(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 def _fsync_file(path: Path) -> None:

@@ -160,6 +160,29 @@ def test_fragments_split_across_pdus_and_mixed_with_the_next_message(
     assert dcmread(path).SOPInstanceUID == dcmread(instance).SOPInstanceUID
 
 
+def test_a_data_set_whose_pdus_arrive_slowly_and_in_pieces_is_stored(
+    settings: Settings, listener: ListenerService, instance: Path
+) -> None:
+    # A slow sender: after the command the listener finds only part of the next PDU's header,
+    # then no PDU at all, and must wait for the rest each time rather than misread or give up.
+    command, data = store_request(instance, message_id=3)
+    half = len(data) // 2
+    first, last = pdu((1, DATA, data[:half])), pdu((1, DATA_LAST, data[half:]))
+    gap_s = 0.05  # the pause of a sender on a slow link, not a wait for the listener
+    with raw_association(listener.address[1]) as (assoc, store_cx, _):
+        assert store_cx == 1
+        send(assoc, pdu((store_cx, COMMAND_LAST, command)) + first[:3])
+        time.sleep(gap_s)
+        send(assoc, first[3:])
+        time.sleep(gap_s)
+        send(assoc, last)
+        answer = response(assoc)
+
+    assert answer == (3, Status.SUCCESS)
+    (path,) = stored(settings)
+    assert path.read_bytes()[-len(data) :] == data
+
+
 def test_a_damaged_data_set_is_refused_and_the_association_goes_on(
     settings: Settings, listener: ListenerService, instance: Path
 ) -> None:

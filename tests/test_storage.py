@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -82,6 +84,29 @@ def test_a_series_directory_removed_since_it_was_last_written_is_made_again(
 
     assert store.write(b"second", "1.2", "1.2.3", "1.2.3.5") is StoreOutcome.STORED
     assert store.instance_path("1.2", "1.2.3", "1.2.3.5").read_bytes() == b"second"
+
+
+def test_each_thread_holds_one_series_directory_open_and_lets_it_go_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    store = InstanceStore(tmp_path)
+    open_before = len(os.listdir("/proc/self/fd"))
+    held_while_running: list[int] = []
+
+    def association(series: str) -> None:  # one thread per association, as in the listener
+        for n in range(3):
+            assert store.write(b"x", "1.2", series, f"{series}.{n}") is StoreOutcome.STORED
+        held_while_running.append(len(os.listdir("/proc/self/fd")) - open_before)
+
+    threads = [threading.Thread(target=association, args=(s,)) for s in ("1.2.3", "1.2.4")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert all(held >= 1 for held in held_while_running)  # the series directory, kept open
+    assert len(os.listdir("/proc/self/fd")) == open_before  # and closed with its thread
+    assert len(list(store.study_dir("1.2").rglob("*.dcm"))) == 6
 
 
 def test_free_space_is_read_again_once_the_reading_is_older_than_asked(
