@@ -3,14 +3,14 @@
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
 their ratio, the CPU time each receiver spent per image (user and system, from ``/proc``: on a
 machine whose cores the senders share, what bounds concurrent throughput) and its peak memory.
-Extra rows: the listener with its fsyncs off
-(storescp does not fsync), to show what durability costs; and, with concurrent associations,
-the listener with receiver processes (``listener.processes``, peak memory summed). Rounds
-alternate between the receivers so that machine noise hits all alike; the median round is
-reported. What the receivers store is kept until the end (some GB: images x rounds x rows).
-``--memory 500,2000`` instead sends studies of each size to a fresh listener and
-prints its peak memory for each: flat memory means the peaks do not grow with the number of
-images.
+Extra rows: the listener with its fsyncs off (storescp does not fsync), to show what
+durability costs; the listener with its associations on one CPU (``listener.cpus``); and, with
+concurrent associations, the listener with receiver processes (``listener.processes``, one CPU
+each, peak memory summed). Rounds alternate between the receivers so that machine noise hits
+all alike; the median round is reported. What the receivers store is kept until the end (some
+GB: images x rounds x rows). ``--memory 500,2000`` instead sends studies of each size to a
+fresh listener and prints its peak memory for each: flat memory means the peaks do not grow
+with the number of images.
 
     .venv/bin/python bench/ingest.py --images 2000 --rounds 3
     .venv/bin/python bench/ingest.py --memory 500,2000
@@ -88,7 +88,12 @@ def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def listener(
-    folder: Path, port: int, *, fsync: bool = True, processes: int = 1
+    folder: Path,
+    port: int,
+    *,
+    fsync: bool = True,
+    processes: int = 1,
+    cpus: list[int] | None = None,
 ) -> subprocess.Popen[bytes]:
     env = {
         **ENV,
@@ -100,6 +105,7 @@ def listener(
         "NEUROGATE_LOG_LEVEL": "WARNING",
         "NEUROGATE_LISTENER__FSYNC": "true" if fsync else "false",
         "NEUROGATE_LISTENER__PROCESSES": str(processes),
+        "NEUROGATE_LISTENER__CPUS": ",".join(map(str, cpus or [])),
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dicom_listener"],
@@ -191,11 +197,20 @@ def listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[bytes]:
     return listener(folder, port, fsync=False)
 
 
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def listener_on_one_cpu(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """The listener with its associations on one CPU (``LISTENER__CPUS``)."""
+    return listener(folder, port, cpus=CPUS[-1:])
+
+
 Receiver = Callable[[Path, int], subprocess.Popen[bytes]]
 RECEIVERS: dict[str, Receiver] = {
     "dcmtk storescp": storescp,
     "neurogate listener": listener,
     "  (fsync off)": listener_without_fsync,
+    "  (on 1 CPU)": listener_on_one_cpu,
 }
 
 
@@ -206,7 +221,7 @@ def receivers_for(associations: int, processes: int) -> dict[str, Receiver]:
         return RECEIVERS
 
     def multi(folder: Path, port: int) -> subprocess.Popen[bytes]:
-        return listener(folder, port, processes=processes)
+        return listener(folder, port, processes=processes, cpus=CPUS)
 
     return {**RECEIVERS, f"  ({processes} processes)": multi}
 

@@ -39,7 +39,7 @@ import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -65,6 +65,7 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
+from dicom_listener.affinity import pin_this_thread
 from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
 from dicom_listener.fast_store import P_DATA_TF, FastStore, StoreReceiver
 
@@ -741,6 +742,7 @@ def start_server(
     fast_store: FastStore | None = None,
     receive_dir: Path | None = None,
     handed: bool = False,
+    cpus: Collection[int] = (),
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
@@ -751,7 +753,8 @@ def start_server(
     data sets of C-STOREs pynetdicom receives are written as they arrive (``event.dataset_path``);
     ``None``: pynetdicom's default (in memory). ``handed``: the server does not
     listen on ``address`` (the listening socket is another process's), it serves connections
-    given to its ``hand(sock, address)`` method.
+    given to its ``hand(sock, address)`` method. ``cpus``: the CPUs the server's thread, and so
+    the associations' threads it starts, run on (empty: any).
     """
     check_supported()
     server = ae.make_server(
@@ -763,9 +766,15 @@ def start_server(
     server.fast_store = fast_store  # type: ignore[attr-defined]
     server.receive_dir = receive_dir  # type: ignore[attr-defined]
     if not handed:
+
+        def serve() -> None:
+            if cpus:  # inherited by every thread started from here: the associations'
+                pin_this_thread(cpus)
+            server.serve_forever()
+
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         thread = threading.Thread(
-            target=make_target(server.serve_forever),
+            target=make_target(serve),
             name=f"AcceptorServer@{timestamp}",
             daemon=True,
         )

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from dicom_listener.affinity import pin_this_thread
 from dicom_listener.assembly import InstanceRef, StudyTracker, TrackerUnreachable
 from dicom_listener.instances import InstanceHeader
 from neurogate.settings import Settings
@@ -120,6 +121,9 @@ def receiver_main(
     from neurogate.storage import InstanceStore
 
     configure_logging(settings.log_level, settings.log_format)
+    cpus = settings.listener.cpus
+    if cpus:  # before any thread starts: they all inherit it
+        pin_this_thread([cpus[index % len(cpus)]])
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the listener process decides when to stop

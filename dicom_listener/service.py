@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from pynetdicom import _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_listener.affinity import check_cpus
 from dicom_listener.assembly import InstanceRecorder, StudyTracker
 from dicom_listener.fast_store import FastStore
 from dicom_listener.mpps import ProcedureStepSCP
@@ -37,12 +38,14 @@ def serve_scp(
     *,
     port: int,
     handed: bool = False,
+    cpus: Collection[int] = (),
 ) -> ThreadedAssociationServer:
     """Start the SCP (storage, verification, MPPS) on ``port``; the server, accepting.
 
     The listener process calls this when it receives itself; each receiver process
     (:mod:`dicom_listener.receivers`) calls it with a client of the listener process's tracker
-    and ``handed``: its server takes connections the listener process accepted.
+    and ``handed``: its server takes connections the listener process accepted. ``cpus``: where
+    the associations run (:mod:`dicom_listener.affinity`).
     """
     listener = settings.listener
     # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
@@ -69,6 +72,7 @@ def serve_scp(
         # tmp/, so that the handler hard-links rather than copies it.
         receive_dir=store.tmp_dir if listener.chunked_receive else None,
         handed=handed,
+        cpus=cpus,
     )
 
 
@@ -128,10 +132,16 @@ class ListenerService:
         removed = self.store.clean_tmp()
         if removed:
             log.info("removed unacknowledged partial files", extra={"count": removed})
+        check_cpus(settings.cpus)
         resumed = self.tracker.recover()
         if settings.processes == 1:
             self._server = serve_scp(
-                self._settings, self.store, self.tracker, self._sessions, port=settings.port
+                self._settings,
+                self.store,
+                self.tracker,
+                self._sessions,
+                port=settings.port,
+                cpus=settings.cpus,
             )
             host, port = self.address
         else:
@@ -148,6 +158,7 @@ class ListenerService:
                 "ae_title": settings.ae_title,
                 "address": f"{host}:{port}",
                 "processes": settings.processes,
+                "cpus": ",".join(map(str, settings.cpus)) or "any",
                 "tls": settings.tls_enabled,
                 "resumed_studies": resumed,
                 "quiet_s": settings.study_quiet_seconds,
