@@ -52,6 +52,8 @@ MAX_DEPTH = 32
 # A whole stream in memory, or memory-mapped from its file
 Buffer = bytes | bytearray | mmap.mmap
 
+# Element header bytes by explicit VR: 12 for those with a 4-byte length, else 8
+_HEADER_BYTES = {**dict.fromkeys(LONG_VRS, 12), **dict.fromkeys(SHORT_VRS, 8)}
 _TAG_LENGTH = struct.Struct("<HHI")
 _TAG_VR_SHORT = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<I")
@@ -129,10 +131,18 @@ def _walk(
     group 0002. An item of undefined length is walked to its ``delimiter``; otherwise the walk
     must end exactly at ``end``.
     """
+    with_vr = explicit or meta
+    # One unpack per element, as the encoding reads it: an item tag (FFFE,xxxx) has no VR,
+    # but only its tag is read, which both layouts put first.
+    unpack = _TAG_VR_SHORT.unpack_from if with_vr else _TAG_LENGTH.unpack_from
     while position < end:
         if end - position < 8:
             raise NotWalkable(f"truncated element header at {position}")
-        group, element, length = _TAG_LENGTH.unpack_from(buffer, position)
+        if with_vr:
+            group, element, vr, length = unpack(buffer, position)
+        else:
+            group, element, length = unpack(buffer, position)
+            vr = None
         tag = group << 16 | element
         if meta and group != 0x0002:
             return position
@@ -140,18 +150,15 @@ def _walk(
             if tag == delimiter:
                 return position + 8
             raise NotWalkable(f"unexpected ({group:04X},{element:04X}) at {position}")
-        vr: bytes | None = None
-        if explicit or meta:
-            _, _, vr, length = _TAG_VR_SHORT.unpack_from(buffer, position)
-            if vr in LONG_VRS:
+        if vr is not None:
+            header = _HEADER_BYTES.get(vr)
+            if header is None:
+                raise NotWalkable(f"unknown VR {vr!r} at {position}")
+            if header == 12:
                 if end - position < 12:
                     raise NotWalkable(f"truncated element header at {position}")
                 (length,) = _LONG_LENGTH.unpack_from(buffer, position + 8)
-                position += 12
-            elif vr in SHORT_VRS:
-                position += 8
-            else:
-                raise NotWalkable(f"unknown VR {vr!r} at {position}")
+            position += header
         else:
             position += 8
         if length == UNDEFINED_LENGTH:
