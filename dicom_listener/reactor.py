@@ -242,14 +242,15 @@ class _WholeReadSocket(AssociationSocket):
         """As :meth:`recv` if bytes wait on the socket; ``None``, having read nothing, if none do.
 
         One ``recv`` that may find nothing, where asking ``select`` first costs a second system
-        call whenever something is there. ``None`` too on a TLS socket with nothing decrypted
-        and nothing readable (there a flag-less ``recv`` is all there is).
+        call whenever something is there. A TLS socket, or one with a timeout, is asked with
+        ``select`` (there a flag-less, waiting ``recv`` is all there is).
         """
         if self.socket is None or not self._is_connected:
             return None
         sock = cast(socket.socket, self.socket)
-        if isinstance(sock, ssl.SSLSocket):
-            if sock.pending():
+        if isinstance(sock, ssl.SSLSocket) or sock.gettimeout() is not None:
+            # A socket with a timeout waits for data before any recv, whatever its flags
+            if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return self.recv(nr_bytes)
             ready, _, _ = select.select([sock], [], [], 0)
             return self.recv(nr_bytes) if ready else None

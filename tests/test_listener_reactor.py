@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import select
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -133,3 +136,27 @@ def test_an_idle_peer_is_dropped_after_the_network_timeout(
     wait_for(lambda: assoc.is_aborted, timeout=5.0)
     assert 0.9 < time.monotonic() - started < 3.0
     wait_for(lambda: not server.active_associations, timeout=2.0)
+
+
+@pytest.mark.parametrize("timeout", [None, 30.0], ids=["blocking", "with a timeout"])
+def test_reading_the_next_pdu_only_if_it_has_begun_to_arrive_never_waits_for_one(
+    timeout: float | None,
+) -> None:
+    ours, peer = socket.socketpair()
+    ours.settimeout(timeout)  # with one, Python polls before every recv, whatever its flags
+    wrapped = object.__new__(reactor._WholeReadSocket)  # the socket alone, no association
+    wrapped.socket, wrapped._is_connected = ours, True
+    try:
+        nothing_yet = wrapped.recv_waiting(6)
+        peer.sendall(b"\x04\x00\x00\x00")  # part of a PDU header: the rest is on its way
+        threading.Timer(0.05, peer.sendall, (b"\x00\x02",)).start()
+        wait_for(lambda: select.select([ours], [], [], 0)[0] != [], timeout=10)
+        header = wrapped.recv_waiting(6)
+        peer.close()
+        closed = wrapped.recv_waiting(6)
+    finally:
+        ours.close()
+
+    assert nothing_yet is None  # not a wait of `timeout`, not a TimeoutError
+    assert header == b"\x04\x00\x00\x00\x00\x02"  # begun, so read whole
+    assert closed == b""  # the peer's end: an empty read, as recv gives
