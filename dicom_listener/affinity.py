@@ -4,8 +4,8 @@ A Python process runs Python on one core at a time, and every system call of an 
 thread lets another take the interpreter lock. When those threads are spread over cores, each
 hand-off wakes a thread on another core (an inter-processor interrupt, dear in a virtual
 machine); on one core it is a plain switch. With four associations on two cores the listener
-spent about a quarter less CPU per instance with its associations kept on one core, at the
-same rate (README, ingest benchmark).
+spent 13-25 % less CPU per instance with its associations kept on one core, at the same rate
+(README, ingest benchmark).
 """
 
 from __future__ import annotations

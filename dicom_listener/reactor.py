@@ -252,7 +252,10 @@ class _WholeReadSocket(AssociationSocket):
             # A socket with a timeout waits for data before any recv, whatever its flags
             if isinstance(sock, ssl.SSLSocket) and sock.pending():
                 return self.recv(nr_bytes)
-            ready, _, _ = select.select([sock], [], [], 0)
+            try:
+                ready, _, _ = select.select([sock], [], [], 0)
+            except (OSError, ValueError):  # closed under us: the reactor loop notices
+                return None
             return self.recv(nr_bytes) if ready else None
         buffer = bytearray(nr_bytes)
         try:
@@ -399,24 +402,10 @@ class EventDrivenDUL(DULServiceProvider):
         return assoc_socket.socket
 
     def _recv_waiting(self, nr_bytes: int) -> bytearray | None:
-        """``nr_bytes`` from the socket if they have begun to arrive; ``None`` if not."""
+        """``nr_bytes`` from the socket if they have begun to arrive; ``None`` if not, or if the
+        socket cannot tell without waiting (then the reactor loop waits for them)."""
         sock = self.socket
-        if isinstance(sock, _WholeReadSocket):
-            return sock.recv_waiting(nr_bytes)
-        return sock.recv(nr_bytes) if sock is not None and self._readable() else None
-
-    def _readable(self) -> bool:
-        """Whether bytes wait on the association's socket now (without blocking)."""
-        raw = self._connected_socket()
-        if raw is None:
-            return False
-        if isinstance(raw, ssl.SSLSocket) and raw.pending():
-            return True
-        try:
-            ready, _, _ = select.select([raw], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return bool(ready)
+        return sock.recv_waiting(nr_bytes) if isinstance(sock, _WholeReadSocket) else None
 
     def _read_one_pdu(self, *, only_waiting: bool = False) -> bool:
         """pynetdicom 3.0.4's ``DULServiceProvider._read_pdu_data``; C-STORE PDUs short-cut.
