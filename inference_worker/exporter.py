@@ -174,6 +174,7 @@ class Exporter:
             for item in due:
                 self._record(item, destination, None, reason)
             return 0
+        assoc.unbind(evt.EVT_PDU_RECV, on_pdu)  # negotiated: the C-STORE PDUs need no look
         stored = 0
         try:
             for item in due:
@@ -276,8 +277,8 @@ def _refusal(assoc: Association, rejections: Sequence[A_ASSOCIATE_RJ]) -> str:
     """Why an association was not established, with the PACS's reason when it gave one.
 
     A PACS that rejects and closes the connection at once (Orthanc does) can leave pynetdicom
-    reporting an abort although the A-ASSOCIATE-RJ arrived: in about one association of five
-    here. The PDU itself says what happened.
+    reporting an abort although the A-ASSOCIATE-RJ arrived: in one association of four or
+    five here. The PDU itself says what happened.
     """
     if rejections:
         rejected = rejections[-1]
