@@ -529,7 +529,7 @@ def test_requirements_helper_follows_pyproject() -> None:
     rest = requirements_helper.requirements(pyproject, "ml", skip={"torch"})
     assert [requirements_helper.requirement_name(r) for r in torch] == ["torch"]
     assert sorted(torch + rest) == sorted(requirements_helper.requirements(pyproject, "ml"))
-    assert [requirements_helper.requirement_name(r) for r in rest] == ["tensorflow-cpu"]
+    assert [requirements_helper.requirement_name(r) for r in rest] == ["tensorflow-cpu", "scipy"]
 
 
 # --- .dockerignore -----------------------------------------------------------------------------
