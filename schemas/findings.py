@@ -23,16 +23,31 @@ class SeriesChoice(_Strict):
     reasons: list[str]
 
 
+class BrainFinding(_Strict):
+    """The intracranial space (brain, CSF and meninges) that every tumour finding is limited to."""
+
+    volume_ml: float = Field(ge=0)
+    series_role: str  # the series the mask was extracted from
+
+
 class DetectionFinding(_Strict):
     tumour: bool
     probability: float = Field(ge=0, le=1)
     series_role: str
+    # Axial planes (k, inferior to superior, on the 2 mm canonical grid) the detector judged:
+    # only planes that hold brain.
+    planes: list[int] = Field(default_factory=list)
 
 
 class ClassificationFinding(_Strict):
     label: str
     probabilities: dict[str, float]
     series_role: str
+    # The canonical-grid planes the class was decided on, and how they were chosen:
+    # "segmentation" (the planes with the largest whole-tumour area) or "detection" (the
+    # detector's surest planes inside the brain, when segmentation could not run).
+    planes: list[int] = Field(default_factory=list)
+    planes_from: str = "detection"
 
 
 class SegmentationFinding(_Strict):
@@ -45,11 +60,12 @@ class SegmentationFinding(_Strict):
 
 
 class Findings(_Strict):
-    schema_version: int = 1
+    schema_version: int = 2  # 2: brain, detection planes, classification planes
     study_instance_uid: DicomUID
     selected: list[SeriesChoice]
     missing: list[str]
     rejected: dict[str, str]
+    brain: BrainFinding | None = None
     detection: DetectionFinding | None = None
     classification: ClassificationFinding | None = None
     segmentation: SegmentationFinding | None = None
