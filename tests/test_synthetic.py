@@ -147,3 +147,38 @@ def test_nifti_in_brats_layout(tmp_path: Path, cases) -> None:  # type: ignore[n
     seg = nib.load(paths["seg"])
     np.testing.assert_allclose(seg.affine, case.affine)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), case.label)
+
+
+@pytest.fixture(scope="module")
+def whole_head():  # type: ignore[no-untyped-def]
+    return generate_case(9, "meningioma", voxel_mm=VOXEL_MM, full_head=True)
+
+
+def test_a_whole_head_has_a_face_and_a_neck_outside_the_skull(whole_head) -> None:  # type: ignore[no-untyped-def]
+    case = whole_head
+    t1 = case.images["t1"]
+    outside = ~case.intracranial
+    signal_outside_ml = float(((t1 > 0.2) & outside).sum()) * case.voxel_ml
+    assert signal_outside_ml > 1500  # scalp, face, tongue and neck: litres, not a thin shell
+    # Below the skull base: the neck holds tissue (10 cm under the brain's lowest point).
+    lowest = np.argwhere(case.intracranial)[:, 2].min()
+    assert (t1[:, :, max(lowest - round(100 / VOXEL_MM), 0)] > 0.2).sum() > 200
+    # Fat is bright on T1: outside the skull, the brightest tissue outshines the cortex (its
+    # signal is randomised per case, so not always the white matter).
+    grey_matter = float(np.median(t1[case.brain_mask & (t1 > 0.4) & (t1 < 0.8)]))
+    assert float(np.percentile(t1[outside & (t1 > 0.05)], 99)) > grey_matter
+
+
+def test_whole_head_tumours_lie_inside_the_skull(whole_head) -> None:  # type: ignore[no-untyped-def]
+    tumour = whole_head.label > 0
+    assert tumour.any()
+    assert not (tumour & ~whole_head.intracranial).any()
+
+
+def test_whole_heads_differ_in_shape_between_seeds() -> None:
+    one = generate_case(11, "none", voxel_mm=4.0, full_head=True)
+    two = generate_case(12, "none", voxel_mm=4.0, full_head=True)
+    again = generate_case(11, "none", voxel_mm=4.0, full_head=True)
+    assert np.array_equal(one.images["t2"], again.images["t2"])
+    volumes = [float(c.intracranial.sum()) * c.voxel_ml for c in (one, two)]
+    assert abs(volumes[0] - volumes[1]) > 20  # mL: heads of different sizes

@@ -41,6 +41,12 @@ class SeriesProtocol:
     noise: float = 0.03  # Rician sigma relative to white matter on T1
     bias: float = 0.2  # peak-to-peak log amplitude of the bias field
     scale: float = 2000.0  # stored value of signal 1.0
+    # Field of view: slices cover ``coverage_mm`` (default: the plane's usual brain coverage),
+    # centred ``shift_mm`` along the slice normal from the brain's centre (negative: towards
+    # the feet on an axial series, taking in face and neck); rows and columns ``fov_mm``.
+    coverage_mm: float | None = None
+    shift_mm: float = 0.0
+    fov_mm: float = FIELD_OF_VIEW_MM
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -79,9 +85,10 @@ def series_grid(
     """(origin, spacing, direction, shape) of the series' grid, centred on the head, in LPS."""
     direction = _tilt(_ORIENTATIONS[protocol.orientation], protocol.tilt_deg)
     centre_ras = (case.affine @ [*(np.argwhere(case.brain_mask).mean(axis=0)), 1])[:3]
-    centre = RAS_TO_LPS @ centre_ras
-    n_in_plane = round(FIELD_OF_VIEW_MM / protocol.in_plane_mm)
-    n_slices = round(_COVERAGE_MM[protocol.orientation] / protocol.slice_mm)
+    centre = RAS_TO_LPS @ centre_ras + protocol.shift_mm * direction[:, 2]
+    n_in_plane = round(protocol.fov_mm / protocol.in_plane_mm)
+    coverage = protocol.coverage_mm or _COVERAGE_MM[protocol.orientation]
+    n_slices = max(1, round(coverage / protocol.slice_mm))
     spacing = np.array([protocol.in_plane_mm, protocol.in_plane_mm, protocol.slice_mm])
     half = (np.array([n_in_plane, n_in_plane, n_slices]) - 1) / 2 * spacing
     origin = centre - direction @ half

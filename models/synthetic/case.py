@@ -14,7 +14,7 @@ scanner's scaling, bias field and noise. Tumours follow their type:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +29,8 @@ from models.synthetic.anatomy import (
     Anatomy,
     mni_anatomy,
 )
+from models.synthetic.head import TISSUES, extended_anatomy
+from models.synthetic.head import full_head as make_full_head
 
 TUMOUR_TYPES = ("glioma", "meningioma", "pituitary", "none")
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -37,7 +39,7 @@ LABEL_NECROTIC, LABEL_EDEMA, LABEL_ENHANCING = 1, 2, 4
 SELLA_RAS = np.array([0.0, 2.0, -32.0])
 
 # Relative signal of each tissue on each contrast.
-_TISSUE_SIGNAL = {
+TISSUE_SIGNAL = {
     #             t1    t1ce   t2    flair
     "wm": (0.95, 0.95, 0.40, 0.50),
     "gm": (0.62, 0.63, 0.62, 0.68),
@@ -46,6 +48,17 @@ _TISSUE_SIGNAL = {
     "bone": (0.04, 0.04, 0.04, 0.04),
     "marrow": (0.85, 0.88, 0.55, 0.50),
     "scalp": (0.75, 0.80, 0.55, 0.50),
+    # The rest of a whole head (models.synthetic.head): fat is bright on T1 and on fast spin
+    # echo T2, vitreous is fluid, mucosa enhances, air gives no signal.
+    "skin": (0.55, 0.62, 0.45, 0.45),
+    "fat": (1.05, 1.05, 0.85, 0.75),
+    "muscle": (0.42, 0.50, 0.30, 0.35),
+    "globe": (0.15, 0.15, 1.00, 0.05),
+    "lens": (0.70, 0.70, 0.20, 0.30),
+    "mucosa": (0.40, 0.85, 0.85, 0.65),
+    "tongue": (0.55, 0.62, 0.42, 0.45),
+    "cord": (0.80, 0.80, 0.45, 0.55),
+    "air": (0.0, 0.0, 0.0, 0.0),
 }
 _TUMOUR_SIGNAL = {
     "glioma": {
@@ -79,7 +92,9 @@ class SyntheticCase:
     affine: np.ndarray  # voxel index (x, y, z) -> RAS mm
     images: dict[str, np.ndarray]  # MODALITIES -> float32 (x, y, z)
     label: np.ndarray  # uint8, BraTS labels
-    brain_mask: np.ndarray  # bool
+    brain_mask: np.ndarray  # bool: the brain (grey and white matter, ventricles)
+    intracranial: np.ndarray  # bool: inside the skull's inner table (brain, CSF, meninges)
+    full_head: bool = False  # face, orbits, sinuses and neck around the skull
 
     @property
     def voxel_ml(self) -> float:
@@ -212,13 +227,28 @@ def _tissue_fractions(anatomy: Anatomy) -> dict[str, np.ndarray]:
     }
 
 
+def _contrast_jitter(rng: np.random.Generator, tissues: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-tissue, per-contrast signal factors, in the manner of SynthSeg's random contrasts.
+
+    Tissues outside the brain vary widely (fat suppression or not, coil, sequence); the brain's
+    own tissues a little, so that a tumour's contrast against them stays what its type makes it.
+    """
+    brain = {"wm", "gm", "csf"}
+    return {
+        tissue: rng.lognormal(0.0, 0.06 if tissue in brain else 0.3, len(MODALITIES))
+        for tissue in tissues
+    }
+
+
 def _render(
     anatomy: Anatomy,
     label: np.ndarray,
     signal: Mapping[int, tuple[float, ...]],
     rng: np.random.Generator,
+    fractions: Mapping[str, np.ndarray] | None = None,
+    jitter: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    fractions = _tissue_fractions(anatomy)
+    fractions = fractions if fractions is not None else _tissue_fractions(anatomy)
     tumour = {
         value: ndimage.gaussian_filter((label == value).astype(np.float32), 0.6)
         for value in (LABEL_NECROTIC, LABEL_EDEMA, LABEL_ENHANCING)
@@ -229,7 +259,8 @@ def _render(
     for index, modality in enumerate(MODALITIES):
         image = np.zeros(anatomy.shape, np.float32)
         for tissue, fraction in fractions.items():
-            image += fraction * _TISSUE_SIGNAL[tissue][index]
+            factor = jitter[tissue][index] if jitter is not None else 1.0
+            image += fraction * TISSUE_SIGNAL[tissue][index] * factor
         image *= 1 - tumour_total
         for value, fraction in tumour.items():
             image += fraction * signal[value][index]
@@ -242,9 +273,14 @@ def _deform(
     affine: np.ndarray,
     rng: np.random.Generator,
     centre_voxel: np.ndarray,
+    strong: bool = False,
 ) -> dict[str, np.ndarray]:
-    """One random similarity-like transform (rotation, scaling, shift) for the whole head."""
-    angles = np.radians(rng.uniform(-6, 6, 3))
+    """One random similarity-like transform (rotation, scaling, shift) for the whole head.
+
+    ``strong``: heads far beyond one subject: +-12 degrees, 0.82-1.08 per axis (the template is
+    a large brain), and a smooth elastic displacement of up to a few millimetres on top.
+    """
+    angles = np.radians(rng.uniform(-12, 12, 3) if strong else rng.uniform(-6, 6, 3))
     cx, cy, cz = np.cos(angles)
     sx, sy, sz = np.sin(angles)
     rotation = (
@@ -252,18 +288,32 @@ def _deform(
         @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
         @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
     )
-    matrix = rotation * rng.uniform(0.93, 1.07, 3)
+    matrix = rotation * (rng.uniform(0.82, 1.08, 3) if strong else rng.uniform(0.93, 1.07, 3))
     shift_vox = rng.uniform(-4, 4, 3) / abs(affine[0, 0])
     offset = centre_voxel - matrix @ centre_voxel + shift_vox
+    shape = next(iter(case_arrays.values())).shape
+    if strong:
+        grid = np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape), indexing="ij")
+        voxel_mm = abs(affine[0, 0])
+        coarse = rng.normal(0, rng.uniform(1, 4) / voxel_mm, (3, 5, 5, 5))
+        coords = [
+            sum(matrix[a, b] * grid[b] for b in range(3))
+            + offset[a]
+            + ndimage.zoom(coarse[a], np.array(shape) / 5, order=1)
+            for a in range(3)
+        ]
     warped = {}
     for name, array in case_arrays.items():
         order = 0 if array.dtype in (np.uint8, np.bool_) else 1
-        warped[name] = ndimage.affine_transform(array, matrix, offset, order=order)
+        if strong:
+            warped[name] = ndimage.map_coordinates(array, coords, order=order)
+        else:
+            warped[name] = ndimage.affine_transform(array, matrix, offset, order=order)
     return warped
 
 
 def generate_case(
-    seed: int, tumour_type: str | None = None, *, voxel_mm: float = 2.0
+    seed: int, tumour_type: str | None = None, *, voxel_mm: float = 2.0, full_head: bool = False
 ) -> SyntheticCase:
     """A deterministic synthetic case for ``seed``.
 
@@ -275,12 +325,16 @@ def generate_case(
         One of :data:`TUMOUR_TYPES`; by default chosen from the seed, balanced over the four.
     voxel_mm
         Grid resolution: 1 (native template, for evaluation) or coarser for fast training sets.
+    full_head
+        A whole head (:mod:`models.synthetic.head`: face, orbits, sinuses, neck) on a grid that
+        extends down to the neck, random contrasts for the tissues outside the brain, and
+        head shapes deformed elastically; otherwise the brain in a thin skull and scalp.
     """
     rng = np.random.default_rng(seed)
     tumour_type = tumour_type or TUMOUR_TYPES[seed % len(TUMOUR_TYPES)]
     if tumour_type not in TUMOUR_TYPES:
         raise ValueError(f"tumour_type must be one of {TUMOUR_TYPES}, got {tumour_type!r}")
-    anatomy = mni_anatomy(voxel_mm)
+    anatomy = extended_anatomy(voxel_mm) if full_head else mni_anatomy(voxel_mm)
     world = _world(anatomy)
     appearance = tumour_type
     if tumour_type == "glioma":
@@ -292,10 +346,22 @@ def generate_case(
     else:
         label = np.zeros(anatomy.shape, np.uint8)
     signal = _TUMOUR_SIGNAL.get(appearance, _TUMOUR_SIGNAL["glioma"])
-    images = _render(anatomy, label, signal, rng)
+    intracranial = anatomy.outside_mm < INNER_TABLE_MM
+    if full_head:
+        # Its own generator: the tumour draws above stay those of the thin-skull case.
+        head_rng = np.random.default_rng(seed + 7_000_001)
+        head = make_full_head(anatomy, head_rng)
+        jitter = _contrast_jitter(head_rng, TISSUES)
+        images = _render(anatomy, label, signal, rng, head.fractions, jitter)
+    else:
+        images = _render(anatomy, label, signal, rng)
     centre = np.argwhere(anatomy.brain).mean(axis=0)
     warped = _deform(
-        {**images, "label": label, "brain": anatomy.brain}, anatomy.affine, rng, centre
+        {**images, "label": label, "brain": anatomy.brain, "intracranial": intracranial},
+        anatomy.affine,
+        rng,
+        centre,
+        strong=full_head,
     )
     return SyntheticCase(
         case_id=f"NG-SYN-{seed:06d}",
@@ -305,4 +371,6 @@ def generate_case(
         images={m: warped[m].astype(np.float32) for m in MODALITIES},
         label=warped["label"].astype(np.uint8),
         brain_mask=warped["brain"].astype(bool),
+        intracranial=warped["intracranial"].astype(bool),
+        full_head=full_head,
     )
