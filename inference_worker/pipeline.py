@@ -1,8 +1,11 @@
 """The analysis pipeline: one place that knows the stages and wires them (:func:`compose`).
 
-select series → load volumes → canonical grid → detect → classify (only when a tumour is found)
-→ segment (only when all four contrasts are present) → findings. Stages take and return typed
-values; only loading reads files. What could not run says why in ``Findings.skipped``.
+select series → load volumes → extract the brain (the intracranial mask, from every series) →
+canonical grid centred on it → detect on planes that hold brain, with everything outside the skull
+set aside → segment (when a tumour is found and all four contrasts are present), the masks limited
+to the intracranial space → classify on the planes the segmentation marks (else the detector's
+surest brain planes) → findings. Stages take and return typed values; only loading reads files.
+What could not run says why in ``Findings.skipped``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
 from inference_worker.selection import Choice, Role, Selection, SeriesInfo, select_series
 from inference_worker.volume import GeometryError, frame_masks, load_series
 from models import predict
+from models.brain.extract import BrainMask, extract
 from models.imaging import FrameRef, Volume, resample_to
-from models.preprocessing import canonical_grid, on_grid
+from models.preprocessing import canonical_grid_at, on_grid
 from models.registry import ModelManifest, Task, load
 from schemas.findings import (
+    BrainFinding,
     ClassificationFinding,
     DetectionFinding,
     Findings,
@@ -43,10 +48,11 @@ CHANNELS = (Role.T1, Role.T1CE, Role.T2, Role.FLAIR)  # the segmentation network
 # Share of a typical run done when each stage starts (segmentation dominates on a CPU).
 _PROGRESS = {
     "select_and_load": 0.0,
+    "brain_extraction": 0.2,
     "detection": 0.25,
-    "classification": 0.3,
-    "grad_cam": 0.35,
-    "segmentation": 0.4,
+    "segmentation": 0.3,
+    "classification": 0.85,
+    "grad_cam": 0.88,
     "masks_to_source": 0.9,
 }
 
@@ -98,10 +104,28 @@ def scan_folder(folder: Path) -> StudyFiles:
 class Prepared:
     selection: Selection
     volumes: dict[Role, Volume]  # the chosen series, as loaded
-    grid: Volume
-    channels: dict[Role, np.ndarray]  # on the canonical grid, normalised
     skipped: dict[str, str]
     files: dict[Role, list[Path]]  # the stored files of each loaded series
+
+
+@dataclass(frozen=True, eq=False)
+class Canonical:
+    """The study on the networks' grid, centred on its brain."""
+
+    brain: BrainMask
+    grid: Volume
+    intracranial: np.ndarray  # bool (k, j, i) on ``grid``
+    channels: dict[Role, np.ndarray]  # on the canonical grid, normalised
+
+
+def canonical(volumes: dict[Role, Volume], net: Any) -> Canonical:
+    """Extract the brain from every series, then put each on a grid centred on it."""
+    ordered = [volumes[r] for r in REFERENCE_ORDER if r in volumes]
+    brain = extract(net, ordered)
+    grid = canonical_grid_at(brain.centre)
+    intracranial = brain.on(grid)
+    channels = {role: on_grid(volume, grid) for role, volume in volumes.items()}
+    return Canonical(brain, grid, intracranial, channels)
 
 
 def prepare(study: StudyFiles) -> Prepared:
@@ -117,10 +141,7 @@ def prepare(study: StudyFiles) -> Prepared:
             skipped[f"load {role.value}"] = str(exc)
     if not volumes:
         raise ValueError("no usable T1, T1CE, T2 or FLAIR series in the study")
-    reference = next(r for r in REFERENCE_ORDER if r in volumes)
-    grid = canonical_grid(volumes[reference])
-    channels = {role: on_grid(volume, grid) for role, volume in volumes.items()}
-    return Prepared(selection, volumes, grid, channels, skipped, files)
+    return Prepared(selection, volumes, skipped, files)
 
 
 def _first(order: tuple[Role, ...], available: dict[Role, np.ndarray]) -> Role:
@@ -167,11 +188,7 @@ def prepare_nifti(files: Mapping[str, Path]) -> Prepared:
     if not volumes:
         raise ValueError("no NIfTI volumes given")
     missing = tuple(r for r in Role if r not in volumes)
-    selection = Selection(chosen, missing)
-    reference = next(r for r in REFERENCE_ORDER if r in volumes)
-    grid = canonical_grid(volumes[reference])
-    channels = {role: on_grid(volume, grid) for role, volume in volumes.items()}
-    return Prepared(selection, volumes, grid, channels, {}, {})
+    return Prepared(Selection(chosen, missing), volumes, {}, {})
 
 
 def read_nifti(path: Path) -> Volume:
@@ -208,20 +225,43 @@ def _analyse(
         return value
 
     prepared: Prepared = timed("select_and_load", prepare_study)
-    channels, skipped = prepared.channels, dict(prepared.skipped)
+    skipped = dict(prepared.skipped)
     manifests, loaded = models.manifests, models.loaded
+    study: Canonical = timed(
+        "brain_extraction", lambda: canonical(prepared.volumes, loaded[Task.BRAIN_EXTRACTION])
+    )
+    channels, inside = study.channels, study.intracranial
+    brain_role = next(r for r in REFERENCE_ORDER if r in prepared.volumes)
 
     detect_role = _first(DETECTION_ORDER, channels)
     detection = timed(
         "detection",
         lambda: predict.detect(
-            loaded[Task.DETECTION], manifests[Task.DETECTION], channels[detect_role]
+            loaded[Task.DETECTION], manifests[Task.DETECTION], channels[detect_role], inside
         ),
     )
+
+    segmentation, region_masks, masks = None, None, None
+    missing = [role.value for role in CHANNELS if role not in channels]
+    if not detection.tumour:
+        skipped["segmentation"] = "no tumour detected"
+    elif missing:
+        skipped["segmentation"] = f"missing {', '.join(missing)}"
+    else:
+        image = np.stack([channels[role] for role in CHANNELS])
+        net, window = loaded[Task.SEGMENTATION], manifests[Task.SEGMENTATION].window
+        masks = timed("segmentation", lambda: predict.segment(net, image, window, inside))
+        if prepared.files:
+            region_masks = timed(
+                "masks_to_source", lambda: _on_reference(prepared, study.grid, masks)
+            )
+        segmentation = _segmentation_finding(prepared, study.grid, masks, region_masks)
+
     classification = None
     grad_cam = None
     if detection.tumour:
         classify_role = _first(CLASSIFICATION_ORDER, channels)
+        planes, planes_from = predict.classification_planes(detection, masks)
         result = timed(
             "classification",
             lambda: predict.classify(
@@ -229,12 +269,18 @@ def _analyse(
                 manifests[Task.CLASSIFICATION],
                 channels[classify_role],
                 detection,
+                planes,
+                inside,
             ),
         )
         classification = ClassificationFinding(
-            label=result.label, probabilities=result.probabilities, series_role=classify_role.value
+            label=result.label,
+            probabilities=result.probabilities,
+            series_role=classify_role.value,
+            planes=[int(k) for k in planes],
+            planes_from=planes_from,
         )
-        plane = channels[classify_role][result.plane]
+        plane = predict.brain_only(channels[classify_role][result.plane], inside[result.plane])
         heatmap = timed(
             "grad_cam",
             lambda: predict.grad_cam(
@@ -242,9 +288,9 @@ def _analyse(
             ),
         )
         grad_cam = GradCam(
-            plane=plane.astype(np.float32),
-            heatmap=heatmap,
-            pixel_spacing_mm=float(prepared.grid.spacing[0]),
+            plane=channels[classify_role][result.plane].astype(np.float32),
+            heatmap=heatmap * inside[result.plane],
+            pixel_spacing_mm=float(study.grid.spacing[0]),
             label=result.label,
             probability=result.probabilities[result.label],
             series_role=classify_role.value,
@@ -252,18 +298,6 @@ def _analyse(
         )
     else:
         skipped["classification"] = "no tumour detected"
-
-    segmentation, region_masks = None, None
-    missing = [role.value for role in CHANNELS if role not in channels]
-    if missing:
-        skipped["segmentation"] = f"missing {', '.join(missing)}"
-    else:
-        image = np.stack([channels[role] for role in CHANNELS])
-        net, window = loaded[Task.SEGMENTATION], manifests[Task.SEGMENTATION].window
-        masks = timed("segmentation", lambda: predict.segment(net, image, window))
-        if prepared.files:
-            region_masks = timed("masks_to_source", lambda: _on_reference(prepared, masks))
-        segmentation = _segmentation_finding(prepared, masks, region_masks)
 
     findings = Findings(
         study_instance_uid=study_instance_uid,
@@ -275,10 +309,12 @@ def _analyse(
         ],
         missing=[r.value for r in prepared.selection.missing],
         rejected=prepared.selection.rejected,
+        brain=BrainFinding(volume_ml=round(study.brain.volume_ml, 1), series_role=brain_role.value),
         detection=DetectionFinding(
             tumour=detection.tumour,
             probability=round(detection.probability, 4),
             series_role=detect_role.value,
+            planes=[int(k) for k in detection.planes],
         ),
         classification=classification,
         segmentation=segmentation,
@@ -294,7 +330,7 @@ def _reference_role(prepared: Prepared) -> Role:
     return next(r for r in REFERENCE_ORDER if r in prepared.volumes)
 
 
-def _on_reference(prepared: Prepared, masks: dict[str, np.ndarray]) -> RegionMasks:
+def _on_reference(prepared: Prepared, grid: Volume, masks: dict[str, np.ndarray]) -> RegionMasks:
     """The grid's masks resampled (nearest) onto the reference series' own frames."""
     role = _reference_role(prepared)
     reference = prepared.volumes[role]
@@ -302,7 +338,7 @@ def _on_reference(prepared: Prepared, masks: dict[str, np.ndarray]) -> RegionMas
     frames: tuple[FrameRef, ...] = ()
     for region in REGIONS:
         resampled = resample_to(
-            prepared.grid.with_array(masks[region].astype(np.uint8)), reference, labels=True
+            grid.with_array(masks[region].astype(np.uint8)), reference, labels=True
         )
         pairs = frame_masks(resampled)
         frames = tuple(ref for ref, _ in pairs)
@@ -316,10 +352,12 @@ def _on_reference(prepared: Prepared, masks: dict[str, np.ndarray]) -> RegionMas
 
 
 def _segmentation_finding(
-    prepared: Prepared, masks: dict[str, np.ndarray], on_reference: RegionMasks | None
+    prepared: Prepared,
+    grid: Volume,
+    masks: dict[str, np.ndarray],
+    on_reference: RegionMasks | None,
 ) -> SegmentationFinding:
     """Volumes from the canonical grid; areas and the largest slice on the reference series."""
-    grid = prepared.grid
     volumes = {r: round(float(masks[r].sum()) * grid.voxel_volume_ml, 2) for r in REGIONS}
     if on_reference is None:
         return SegmentationFinding(

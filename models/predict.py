@@ -1,9 +1,13 @@
 """Study-level inference with the shipped (or configured) models.
 
-The 2D models see axial planes of the canonical grid; a study is "tumour" when the detector is
-confident on consecutive planes; the class is the classifier's mean over the planes the
-detector is most sure of; Grad-CAM explains the single most confident plane. The 3D network
-segments brain, whole tumour, tumour core and enhancing tumour, nested as BraTS regions are.
+Every finding is limited to the intracranial space (``inside``, from :mod:`models.brain`): the
+2D models see only axial planes of the canonical grid that hold brain, with everything outside
+the skull set to zero, so that orbits, face and neck can neither be called tumour nor explain a
+class. A study is "tumour" when the detector is confident on consecutive planes; the class is
+the classifier's mean over the planes where the tumour is (the segmentation's largest
+whole-tumour areas, else the detector's surest planes); Grad-CAM explains the plane the class is
+surest on. The 3D network segments brain, whole tumour, tumour core and enhancing tumour,
+nested as BraTS regions are, and its masks end at the intracranial boundary.
 """
 
 from __future__ import annotations
@@ -47,6 +51,17 @@ def head_planes(volume: np.ndarray) -> np.ndarray:
     return np.flatnonzero(area >= _BRAIN_PLANE_FRACTION * volume.shape[1] * volume.shape[2])
 
 
+def brain_planes(inside: np.ndarray) -> np.ndarray:
+    """Axial planes (k) whose intracranial area is enough to judge."""
+    area = inside.sum(axis=(1, 2))
+    return np.flatnonzero(area >= _BRAIN_PLANE_FRACTION * inside.shape[1] * inside.shape[2])
+
+
+def brain_only(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """``image`` with everything outside the intracranial mask set to zero."""
+    return np.where(inside, image, 0).astype(np.float32)
+
+
 def model_input(planes: np.ndarray, manifest: ModelManifest) -> np.ndarray:
     """(n, j, i) canonical planes → (n, H, W, C) as the manifest's model expects."""
     height, width, channels = manifest.input_shape
@@ -63,28 +78,58 @@ def model_input(planes: np.ndarray, manifest: ModelManifest) -> np.ndarray:
     return np.repeat(out[..., None], channels, axis=-1)
 
 
-def detect(model: Any, manifest: ModelManifest, volume: np.ndarray) -> Detection:
-    """Tumour or not, from one contrast on the canonical grid ``(k, j, i)``."""
-    planes = head_planes(volume)
-    probs = model.predict(model_input(volume[planes], manifest), verbose=0, batch_size=32)
+def detect(
+    model: Any, manifest: ModelManifest, volume: np.ndarray, inside: np.ndarray | None = None
+) -> Detection:
+    """Tumour or not, from one contrast on the canonical grid ``(k, j, i)``.
+
+    With ``inside`` (the intracranial mask), only planes that hold brain are judged, and only
+    their intracranial part.
+    """
+    if inside is None:
+        planes = head_planes(volume)
+        inputs = volume[planes]
+    else:
+        planes = brain_planes(inside)
+        inputs = brain_only(volume[planes], inside[planes])
+    probs = model.predict(model_input(inputs, manifest), verbose=0, batch_size=32)
     probs = np.asarray(probs, np.float32).reshape(len(planes), -1)[:, -1]
     smoothed = ndimage.uniform_filter1d(probs, _RUN, mode="nearest") if len(probs) else probs
     study = float(smoothed.max()) if len(smoothed) else 0.0
     return Detection(study >= DETECTION_THRESHOLD, study, probs, planes)
 
 
+def classification_planes(
+    detection: Detection, masks: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, str]:
+    """Where the class is decided: the planes with the largest whole-tumour area when the
+    segmentation found tumour ("segmentation"), else the detector's surest planes ("detection")."""
+    if masks is not None and masks["WT"].any():
+        area = masks["WT"].sum(axis=(1, 2))
+        order = np.argsort(area, kind="stable")[::-1][:_TOP_PLANES]
+        return np.sort(order[area[order] > 0]), "segmentation"
+    order = np.argsort(detection.plane_probabilities, kind="stable")[::-1][:_TOP_PLANES]
+    return np.sort(detection.planes[order]), "detection"
+
+
 def classify(
-    model: Any, manifest: ModelManifest, volume: np.ndarray, detection: Detection
+    model: Any,
+    manifest: ModelManifest,
+    volume: np.ndarray,
+    detection: Detection,
+    planes: np.ndarray | None = None,
+    inside: np.ndarray | None = None,
 ) -> Classification:
-    """The tumour class: mean probabilities over the planes the detector is most sure of.
+    """The tumour class: mean probabilities over ``planes`` (default: the detector's surest).
 
     The detector decides whether there is a tumour. Once it has found one, the classifier's
     "no tumour" output is set aside and the probabilities are renormalised over the tumour
     types: p(type | tumour). (A site model without a "no tumour" label is used as it is.)
+    With ``inside``, the classifier sees only the intracranial part of each plane.
     """
-    order = np.argsort(detection.plane_probabilities)[::-1][:_TOP_PLANES]
-    chosen = detection.planes[order]
-    probs = np.asarray(model.predict(model_input(volume[chosen], manifest), verbose=0))
+    chosen = classification_planes(detection)[0] if planes is None else np.asarray(planes)
+    inputs = volume[chosen] if inside is None else brain_only(volume[chosen], inside[chosen])
+    probs = np.asarray(model.predict(model_input(inputs, manifest), verbose=0))
     mean = probs.mean(axis=0)
     if detection.tumour and NO_TUMOUR_LABEL in manifest.labels:
         mean[manifest.labels.index(NO_TUMOUR_LABEL)] = 0.0
@@ -130,13 +175,17 @@ def grad_cam(
 
 
 def segment(
-    net: Any, image: np.ndarray, window: tuple[int, int, int] | None = None
+    net: Any,
+    image: np.ndarray,
+    window: tuple[int, int, int] | None = None,
+    inside: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Masks on the canonical grid from the four contrasts ``(4, k, j, i)``, regions nested.
 
     With ``window`` (the crop size the network was trained on), the grid is covered by windows
     overlapping by half and their probabilities averaged: a network with instance normalisation
-    must see crops like those it learnt from.
+    must see crops like those it learnt from. With ``inside`` (the intracranial mask), tumour
+    regions end at its boundary.
     """
     import torch
 
@@ -153,6 +202,8 @@ def segment(
             counts[sl] += 1
     masks = probabilities / counts > 0.5
     brain, wt, tc, et = masks
+    if inside is not None:
+        wt = wt & inside
     tc = tc & wt
     et = et & tc
     return {"brain": brain | wt, "WT": wt, "TC": tc, "ET": et}

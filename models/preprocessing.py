@@ -21,16 +21,24 @@ _CLIP = 2.0
 
 
 def canonical_grid(reference: Volume) -> Volume:
-    """An empty 2 mm grid in patient axes (LPS), centred on ``reference``'s head."""
+    """An empty 2 mm grid in patient axes (LPS), centred on ``reference``'s head.
+
+    Only right for a head without face and neck in view; received studies are centred on their
+    intracranial mask instead (:func:`canonical_grid_at`).
+    """
     array = reference.array
     foreground = array > _FOREGROUND_FRACTION * np.percentile(array, _ROBUST_PERCENTILE)
     k, j, i = np.argwhere(foreground).mean(axis=0)
-    centre = reference.affine @ [i, j, k, 1]
+    return canonical_grid_at((reference.affine @ [i, j, k, 1])[:3])
+
+
+def canonical_grid_at(centre: np.ndarray) -> Volume:
+    """An empty 2 mm grid in patient axes (LPS) centred on ``centre`` (LPS mm)."""
     spacing = np.full(3, GRID_MM)
     half = (np.array(GRID_SHAPE[::-1]) - 1) / 2 * spacing
     return Volume(
         array=np.zeros(GRID_SHAPE, np.float32),
-        origin=centre[:3] - half,
+        origin=np.asarray(centre, float)[:3] - half,
         spacing=spacing,
         direction=np.eye(3),
     )

@@ -1,7 +1,8 @@
 """The model registry: a manifest per model says what it is and how to feed it.
 
 Swapping a model is a configuration change: point the node at another manifest (settings
-``NEUROGATE_MODELS__DETECTION`` / ``__CLASSIFICATION`` / ``__SEGMENTATION``). Manifests name the
+``NEUROGATE_MODELS__BRAIN_EXTRACTION`` / ``__DETECTION`` / ``__CLASSIFICATION`` /
+``__SEGMENTATION``). Manifests name the
 framework and weights file (``.keras``/``.h5`` for Keras; ``.pth`` state dict of a known
 architecture, or TorchScript ``.pt``, for PyTorch), the input size and preprocessing, the labels,
 the version and the SHA-256 of the weights, which is checked before loading.
@@ -21,6 +22,7 @@ _CHUNK = 1 << 20
 
 
 class Task(StrEnum):
+    BRAIN_EXTRACTION = "brain_extraction"
     DETECTION = "detection"
     CLASSIFICATION = "classification"
     SEGMENTATION = "segmentation"
@@ -133,7 +135,11 @@ def _torch_architecture(spec: dict[str, Any]) -> Any:
     if name == "unet3d":
         from models.segmentation.unet3d import UNet3D
 
-        return UNet3D(base=int(spec.get("base", 12)))
+        return UNet3D(
+            in_channels=int(spec.get("in_channels", 4)),
+            out_channels=int(spec.get("out_channels", 4)),
+            base=int(spec.get("base", 12)),
+        )
     raise ValueError(f"unknown architecture {name!r}: ship a TorchScript file (.pt) instead")
 
 

@@ -59,12 +59,10 @@ def _load_models(settings: Settings) -> Models:
     from inference_worker.pipeline import Models
     from models.registry import Task, manifest_for
 
-    configured = {
-        Task.DETECTION: settings.models.detection,
-        Task.CLASSIFICATION: settings.models.classification,
-        Task.SEGMENTATION: settings.models.segmentation,
-    }
-    return Models.load_all({task: manifest_for(task, path) for task, path in configured.items()})
+    configured = settings.models.by_task()
+    return Models.load_all(
+        {Task(name): manifest_for(Task(name), path) for name, path in configured.items()}
+    )
 
 
 def cmd_services(settings: Settings, names: Sequence[str]) -> int:

@@ -162,9 +162,19 @@ class ModelSettings(BaseModel):
     manifest and these settings, not a code change.
     """
 
+    brain_extraction: Path | None = None
     detection: Path | None = None
     classification: Path | None = None
     segmentation: Path | None = None
+
+    def by_task(self) -> dict[str, Path | None]:
+        """Task name (``models.registry.Task`` value) -> configured manifest, for every task."""
+        return {
+            "brain_extraction": self.brain_extraction,
+            "detection": self.detection,
+            "classification": self.classification,
+            "segmentation": self.segmentation,
+        }
 
 
 class ResultSettings(BaseModel):

@@ -68,8 +68,16 @@ def test_a_full_study_is_detected_classified_and_segmented(glioma_study, models)
     }
     assert segmentation.largest_tumour_sop_instance_uid in reference_uids
     assert set(segmentation.slice_areas_mm2) <= reference_uids
-    assert set(findings.models) == {"detection", "classification", "segmentation"}
+    assert set(findings.models) == {
+        "brain_extraction", "detection", "classification", "segmentation"
+    }  # fmt: skip
     assert all(len(m.sha256) == 64 for m in findings.models.values())
+    # The intracranial space, and the class decided where the tumour is.
+    assert findings.brain is not None
+    intracranial_ml = float(case.intracranial.sum()) * case.voxel_ml
+    assert findings.brain.volume_ml == pytest.approx(intracranial_ml, rel=0.15)
+    assert findings.classification.planes_from == "segmentation"
+    assert findings.classification.planes
 
     # What the SEG is built from: one mask per reference frame, pixel-aligned with it.
     masks = analysis.masks

@@ -46,12 +46,7 @@ def _database_check(context: ApiContext) -> Check:
 
 
 def _models_check(context: ApiContext) -> Check:
-    configured = context.settings.models
-    paths = {
-        Task.DETECTION: configured.detection,
-        Task.CLASSIFICATION: configured.classification,
-        Task.SEGMENTATION: configured.segmentation,
-    }
+    paths = {Task(name): path for name, path in context.settings.models.by_task().items()}
     detail: dict[str, object] = {}
     healthy = True
     for task, path in paths.items():

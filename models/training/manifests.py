@@ -13,6 +13,17 @@ from models.training.data import CLASSES
 
 VERSION = "0.1.0"
 _MODELS: dict[str, dict[str, Any]] = {
+    "brain_extraction": {
+        "name": "neurogate-brain-extraction",
+        "framework": "torch",
+        "file": "../brain/weights.pth",
+        "input_shape": [1, 80, 64, 64],
+        "preprocessing": "canonical",
+        "labels": ["intracranial"],
+        "architecture": {"name": "unet3d", "in_channels": 1, "out_channels": 1, "base": 8},
+        "description": "Intracranial space (inside the skull's inner table) on a 4 mm whole-head "
+        "grid, from any single MR contrast.",
+    },
     "detection": {
         "name": "neurogate-slice-detector",
         "framework": "keras",
@@ -59,11 +70,11 @@ def main() -> None:
         lines = [
             "# Written by models/training/manifests.py; see models/MODEL_CARD.md.",
             f'task = "{task}"',
-            f'version = "{VERSION}"',
+            f'version = "{spec.get("version", VERSION)}"',
             f'sha256 = "{sha256_of(weights)}"',
         ]
         for key, value in spec.items():
-            if key != "architecture":
+            if key not in ("architecture", "version"):
                 lines.append(f"{key} = {_toml_value(value)}")
         if "architecture" in spec:
             lines.append("\n[architecture]")

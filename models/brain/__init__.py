@@ -1,0 +1,1 @@
+"""Brain extraction: the intracranial mask that every tumour finding is limited to."""

@@ -1,0 +1,104 @@
+"""Whole heads in the field of view (face, orbits, sinuses, neck): findings stay inside the skull."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inference_worker.pipeline import Models, analyse, scan_folder
+from inference_worker.volume import load_series
+from models import predict
+from models.registry import Task, manifest_for
+from models.synthetic import generate_case
+from models.synthetic.acquisition import SeriesProtocol, grid_points, sample
+from models.synthetic.dicom import ScannerProfile, write_dicom_study
+from models.training.data import make_example
+
+# Held out from training (seeds 0.. and 50000..) and from the benchmark (500000..).
+GLIOMA_SEED = 720_002
+CLASSIFY_SEED = 720_006
+
+# As a clinical protocol takes a head: slabs from above the vertex down to the neck (axial
+# slabs centred 40-50 mm below the brain's centre), a 12-degree oblique T2, a 1 mm 3D T1CE.
+FULL_HEAD = ScannerProfile(
+    vendor="siemens",
+    field_strength=3.0,
+    protocols={
+        "t1": SeriesProtocol("t1", "sagittal", in_plane_mm=1.2, slice_mm=1.5, three_d=True,
+                             fov_mm=256),  # fmt: skip
+        "t1ce": SeriesProtocol("t1ce", "axial", in_plane_mm=1.0, slice_mm=1.0, three_d=True,
+                               coverage_mm=230, shift_mm=-30, fov_mm=240),  # fmt: skip
+        "t2": SeriesProtocol("t2", "axial", tilt_deg=12.0, in_plane_mm=1.0, slice_mm=3.0,
+                             coverage_mm=240, shift_mm=-40),  # fmt: skip
+        "flair": SeriesProtocol("flair", "axial", in_plane_mm=1.0, slice_mm=3.0,
+                                coverage_mm=250, shift_mm=-45),  # fmt: skip
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return Models.load_all({task: manifest_for(task) for task in Task})
+
+
+def _intracranial_on(case, volume) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """The true intracranial mask on a loaded series' voxels (k, j, i)."""
+    points = grid_points(volume.origin, volume.spacing, volume.direction, volume.shape)
+    return sample(case.intracranial.astype(np.uint8), case.affine, points, order=0) > 0
+
+
+def test_a_full_head_study_has_no_tumour_outside_the_skull(tmp_path, models) -> None:  # type: ignore[no-untyped-def]
+    case = generate_case(GLIOMA_SEED, "glioma", voxel_mm=2.0, full_head=True)
+    study = write_dicom_study(case, tmp_path, seed=5, profile=FULL_HEAD)
+    analysis = analyse(scan_folder(tmp_path), models)
+    findings = analysis.findings
+
+    assert findings.detection is not None and findings.detection.tumour
+    masks = analysis.masks
+    assert masks is not None and masks.reference_role == "T1CE"
+    reference = load_series(list(study.series["t1ce"].files))
+    by_uid = {f.sop_instance_uid: n for n, f in enumerate(reference.frames)}
+    order = [by_uid[f.sop_instance_uid] for f in masks.frames]
+    inside = _intracranial_on(case, reference)[order]
+    voxel_ml = float(np.prod(reference.spacing)) / 1000
+    outside_ml = float((masks.masks["WT"] & ~inside).sum()) * voxel_ml
+    assert outside_ml < 1.0, f"{outside_ml:.2f} mL of whole tumour outside the skull"
+    # The key image shows brain, and so does the plane Grad-CAM explains.
+    segmentation = findings.segmentation
+    assert segmentation is not None and segmentation.largest_tumour_sop_instance_uid
+    key = next(
+        n for n, f in enumerate(masks.frames)
+        if f.sop_instance_uid == segmentation.largest_tumour_sop_instance_uid
+    )  # fmt: skip
+    assert inside[key].sum() > 0.2 * inside.sum(axis=(1, 2)).max()
+    cam = analysis.grad_cam
+    assert cam is not None
+    assert findings.classification is not None
+    assert cam.plane_index in findings.classification.planes
+    assert findings.brain is not None and findings.brain.volume_ml > 500
+
+
+def test_the_class_is_decided_on_the_tumour_planes_not_on_the_detectors_surest(models) -> None:  # type: ignore[no-untyped-def]
+    """A detector surest on planes below the brain (face, skull base) does not pick the planes."""
+    example = make_example(CLASSIFY_SEED, "glioma", full_head=True)
+    image = example.image.astype(np.float32)
+    inside = example.intracranial
+    tumour_planes = np.flatnonzero((example.label > 0).sum(axis=(1, 2)))
+    planes = np.arange(image.shape[1])
+    wrong = np.where(planes < tumour_planes.min() - 10, 1.0, 0.2).astype(np.float32)
+    detection = predict.Detection(True, 1.0, wrong, planes)
+    masks = {"WT": example.label > 0}
+
+    chosen, source = predict.classification_planes(detection, masks)
+
+    assert source == "segmentation"
+    assert set(chosen) <= set(tumour_planes)
+    manifest = manifest_for(Task.CLASSIFICATION)
+    result = predict.classify(
+        models.loaded[Task.CLASSIFICATION], manifest, image[1], detection, chosen, inside
+    )
+    assert result.label == "glioma"
+    assert result.plane in set(chosen)
+    # Without the segmentation the detector's surest planes would have been used: not these.
+    fallback, source = predict.classification_planes(detection, None)
+    assert source == "detection" and not set(fallback) & set(tumour_planes)
