@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import io
 import re
 import shutil
@@ -30,7 +31,7 @@ from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate
 
 from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
 from inference_worker.results import SERIES_OFFSETS, ResultObject, build_result_objects
-from inference_worker.results.capture import overlay_png
+from inference_worker.results.capture import build_gradcam, overlay_png
 from inference_worker.results.seg import build_seg
 from inference_worker.results.sr import build_sr
 from inference_worker.volume import load_series
@@ -42,6 +43,7 @@ from models.synthetic.case import SyntheticCase
 from models.synthetic.dicom import ScannerProfile, SyntheticStudy, write_dicom_study
 from neurogate.settings import ResultSettings
 from schemas.findings import (
+    BrainFinding,
     ClassificationFinding,
     DetectionFinding,
     Findings,
@@ -97,11 +99,14 @@ def _model(name: str) -> ModelVersion:
 
 
 MODELS = {
+    "brain_extraction": _model("neurogate-brain-extractor"),
     "detection": _model("neurogate-detector"),
     "classification": _model("neurogate-slice-classifier"),
     "segmentation": _model("neurogate-segmenter"),
 }
 PROBABILITIES = {"glioma": 0.91, "meningioma": 0.05, "notumor": 0.01, "pituitary": 0.03}
+BRAIN = BrainFinding(volume_ml=1432.46, series_role="T1CE")
+CLASS_PLANES = [61, 62, 63, 65]  # canonical-grid planes the class was decided on
 
 
 Written = tuple[list[ResultObject], dict[str, Path]]  # the objects and where each was saved
@@ -170,8 +175,13 @@ def _findings(
         missing=["T1", "T2", "FLAIR"] if segmentation is None else [],
         rejected={"1.2.3.4.5": "localiser"},
         detection=DetectionFinding(tumour=True, probability=0.97, series_role="T1CE"),
+        brain=BRAIN,
         classification=ClassificationFinding(
-            label="glioma", probabilities=PROBABILITIES, series_role="T1CE"
+            label="glioma",
+            probabilities=PROBABILITIES,
+            series_role="T1CE",
+            planes=CLASS_PLANES,
+            planes_from="segmentation" if segmentation is not None else "detection",
         ),
         segmentation=segmentation,
         skipped={} if segmentation is not None else {"segmentation": "missing T1, T2, FLAIR"},
@@ -313,7 +323,7 @@ def test_dsrdump_shows_the_volumes_and_the_class(written: Written) -> None:
     text = result.stdout
     sr = next(o for o in objects if o.kind == "sr").dataset
     assert "Imaging Measurement Report" in text
-    assert '"Glioma"' in text and "(glioma,99NEUROGATE" in text
+    assert '"Glioma"' in text and "(C3059,NCIt" in text and "99NEUROGATE" not in text
     assert '(52101004,SCT,"Present")' in text
     for region in REGIONS:
         volume = _volumes(sr)[region]
@@ -365,6 +375,12 @@ def test_the_sr_measures_each_region_on_its_seg_segment(
     assert dataset.CompletionFlag == "COMPLETE" and dataset.VerificationFlag == "UNVERIFIED"
     values = _content_values(dataset)
     assert SETTINGS.station_name in values and MODELS["segmentation"].name in values
+    # The classifier's run names the planes it decided on, and how they were chosen.
+    assert {"planes_from=segmentation", "planes=61,62,63,65"} <= values
+    groups = _report(dataset).get_image_measurement_groups()
+    brain = next(g for g in groups if str(g.tracking_identifier) == "Intracranial volume")
+    (volume,) = brain.get_measurements()
+    assert float(volume.value) == pytest.approx(1432.5)
 
 
 def _content_values(item: Dataset) -> set[str]:
@@ -410,6 +426,10 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
     assert MODELS["segmentation"].name in text and MODELS["classification"].name in text
     assert study.series["t1ce"].series_instance_uid[:30] in text
     assert "Key images" in text and "green: whole tumour" in text
+    # Where the class was decided, and the intracranial volume.
+    assert "Class decided on axial planes 61-63, 65 of the 2 mm analysis grid" in text
+    assert "the planes with the largest" in text  # whole-tumour area (wrapped)
+    assert "1432.5 mL" in text and "No tumour found" not in text
 
 
 def pdf_text(document: bytes) -> str:
@@ -461,6 +481,167 @@ def test_without_segmentation_the_sr_and_pdf_still_report(
         if g.finding_type is not None
     ]
     assert ("Glioma" in findings_types) is tumour
+
+
+def _negative_analysis(
+    study: SyntheticStudy, reference: Reference, *, everything: bool
+) -> Analysis:
+    """A study the detector calls tumour-free, with spurious tiny masks on the reference frames.
+
+    ``everything`` adds what the pipeline does not produce for such a study but other paths
+    might: a tumour class and a Grad-CAM of it.
+    """
+    speck = {r: np.zeros_like(m) for r, m in reference.masks.items()}
+    k, j, i = (n // 2 for n in speck["WT"].shape)
+    for region in REGIONS:
+        speck[region][k, j : j + 2, i : i + 2] = True  # four voxels of "tumour" in each region
+    masks = RegionMasks("T1CE", tuple(reference.files), reference.volume.frames, speck)
+    series = study.series["t1ce"]
+    positive = _findings(
+        study.study_instance_uid, series.series_instance_uid, reference.volume, speck
+    )
+    findings = positive.model_copy(
+        update={
+            "detection": DetectionFinding(tumour=False, probability=0.04, series_role="FLAIR"),
+            "classification": positive.classification if everything else None,
+            "skipped": {"classification": "no tumour detected"},
+        }
+    )
+    grad_cam = _grad_cam(reference) if everything else None
+    return Analysis(findings, masks, grad_cam, tuple(reference.files))
+
+
+@pytest.mark.parametrize("everything", [False, True], ids=["as-pipeline", "stale-class"])
+def test_a_tumour_free_study_gets_an_absent_sr_and_a_plain_pdf_and_nothing_else(
+    study: SyntheticStudy, reference: Reference, tmp_path: Path, everything: bool
+) -> None:
+    analysis = _negative_analysis(study, reference, everything=everything)
+    assert analysis.findings.segmentation is not None and analysis.masks is not None
+    objects = build_result_objects(analysis, reference.datasets(), SETTINGS)
+
+    # No SEG of a "whole tumour", no Grad-CAM of a class that was never assigned.
+    assert [o.kind for o in objects] == ["sr", "pdf"]
+    paths = {}
+    for obj in objects:
+        paths[obj.kind] = tmp_path / f"{obj.kind}.dcm"
+        obj.dataset.save_as(paths[obj.kind], enforce_file_format=True)
+        if shutil.which("dciodvfy"):
+            assert dciodvfy_errors(paths[obj.kind]) == [], obj.kind
+
+    # The SR: Neoplasm absent with the detector's probability, and the intracranial volume.
+    sr = objects[0].dataset
+    report = _report(sr)
+    assert report.get_volumetric_roi_measurement_groups() == []
+    groups = report.get_image_measurement_groups()
+    detection = next(g for g in groups if str(g.tracking_identifier) == "Tumour detection")
+    evaluations = {
+        e[0].ConceptNameCodeSequence[0].CodeValue: e[0].ConceptCodeSequence[0]
+        for e in detection.get_qualitative_evaluations()
+    }
+    absent = evaluations["108369006"]  # Neoplasm
+    assert (absent.CodeValue, absent.CodingSchemeDesignator) == ("272519000", "SCT")
+    (probability,) = detection.get_measurements()
+    assert float(probability.value) == pytest.approx(0.04)
+    brain = next(g for g in groups if str(g.tracking_identifier) == "Intracranial volume")
+    assert brain.finding_type is not None and brain.finding_type.value == "128319008"
+    (volume,) = brain.get_measurements(name=hd.sr.CodedConcept("118565006", "SCT", "Volume"))
+    assert float(volume.value) == pytest.approx(1432.5) and volume.unit.value == "ml"
+    assert MODELS["brain_extraction"].name in _content_values(sr)
+    assert len(groups) == 2  # no tumour class, no tumour volumes
+    assert "CodingSchemeIdentificationSequence" not in sr  # nothing private to declare
+    codes_used = _code_values(sr)
+    assert not codes_used & {"C3059", "C3230", "C3329", "52988006", "C113842"}
+
+    # The PDF says plainly that no tumour was found, and nothing about a tumour.
+    pdf = objects[1].dataset
+    text = pdf_text(bytes(pdf.EncapsulatedDocument)[: int(pdf.EncapsulatedDocumentLength)])
+    assert "No tumour found." in text
+    assert "probability of a tumour was 0.04" in text and "1432.5 mL" in text
+    for absent in ("Tumour present", "Tumour class", "glioma", "Tumour volumes", "Key images"):
+        assert absent not in text, absent
+
+
+def _code_values(item: Dataset) -> set[str]:
+    """Every code value in an SR content tree (concept names and coded values)."""
+    values = set()
+    for keyword in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+        values |= {str(code.CodeValue) for code in item.get(keyword, [])}
+    for child in item.get("ContentSequence", []):
+        values |= _code_values(child)
+    return values
+
+
+def test_tumour_objects_refuse_a_tumour_free_study(
+    study: SyntheticStudy, reference: Reference
+) -> None:
+    analysis = _negative_analysis(study, reference, everything=True)
+    with pytest.raises(ValueError, match="no tumour"):
+        build_seg(analysis, reference.datasets(), SETTINGS, 7001)
+    with pytest.raises(ValueError, match="not assigned"):
+        build_gradcam(analysis, reference.datasets(), SETTINGS, 7003)
+    # A Grad-CAM of another class than the one the report states is refused too.
+    positive = _analysis(study, reference)
+    assert positive.grad_cam is not None
+    other = dataclasses.replace(positive.grad_cam, label="meningioma")
+    mismatched = dataclasses.replace(positive, grad_cam=other)
+    assert [o.kind for o in build_result_objects(mismatched, reference.datasets(), SETTINGS)] == [
+        "seg",
+        "sr",
+        "pdf",
+    ]
+
+
+# Each label's code, and where it was checked: NCIt codes as OBO/EFO/Mondo cross-references give
+# them (C3059 Glioma, C3230 Meningioma, C3329 Pituitary Gland Adenoma); SCT Absent as PS3.16 does.
+EXPECTED_CLASS_CODES = {
+    "glioma": ("C3059", "NCIt", "Glioma"),
+    "meningioma": ("C3230", "NCIt", "Meningioma"),
+    "pituitary": ("C3329", "NCIt", "Pituitary Gland Adenoma"),
+    "notumor": ("272519000", "SCT", "Absent"),
+}
+
+
+@pytest.mark.parametrize("label", ["glioma", "meningioma", "pituitary", "oligodendroglioma"])
+def test_the_sr_codes_each_class_in_its_real_scheme(
+    study: SyntheticStudy, reference: Reference, tmp_path: Path, label: str
+) -> None:
+    """The shipped labels in NCIt, "no tumour" as SCT Absent; a site's own label in 99NEUROGATE."""
+    series = study.series["t1ce"]
+    findings = _findings(study.study_instance_uid, series.series_instance_uid, None)
+    probabilities = {"glioma": 0.1, "meningioma": 0.1, "pituitary": 0.1, "notumor": 0.0}
+    probabilities[label] = 0.7
+    assert findings.classification is not None
+    classification = findings.classification.model_copy(
+        update={"label": label, "probabilities": probabilities}
+    )
+    sr = build_sr(
+        Analysis(findings.model_copy(update={"classification": classification})),
+        reference.datasets(),
+        None,
+        SETTINGS,
+        7002,
+    )
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    if shutil.which("dciodvfy"):
+        assert dciodvfy_errors(path) == []
+    group = next(
+        g
+        for g in _report(dcmread(path)).get_image_measurement_groups()
+        if str(g.tracking_identifier) == "Tumour class"
+    )
+    expected = EXPECTED_CLASS_CODES.get(label, (label[:16], "99NEUROGATE", label))  # SH value
+    assert group.finding_type is not None
+    found = group.finding_type
+    assert (found.value, found.scheme_designator, found.meaning) == expected
+    names = {
+        (m.name.value, m.name.scheme_designator, m.name.meaning) for m in group.get_measurements()
+    }
+    assert {EXPECTED_CLASS_CODES[name] for name in ("meningioma", "notumor")} <= names
+    declared = [
+        str(i.CodingSchemeDesignator) for i in sr.get("CodingSchemeIdentificationSequence", [])
+    ]
+    assert ("99NEUROGATE" in declared) is (label not in EXPECTED_CLASS_CODES)
 
 
 def _legacy_converted(files: list[Path]) -> Dataset:

@@ -17,7 +17,13 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from inference_worker.analysis import Analysis, GradCam
-from inference_worker.results.common import MODEL_NAME, SOFTWARE_VERSION, new_uid, stamp_equipment
+from inference_worker.results.common import (
+    MODEL_NAME,
+    SOFTWARE_VERSION,
+    assigned_class,
+    new_uid,
+    stamp_equipment,
+)
 from models.overlay import blend, to_grey
 from neurogate.settings import ResultSettings
 
@@ -63,11 +69,14 @@ def build_gradcam(
     Raises
     ------
     ValueError
-        When the analysis has no Grad-CAM or there are no source datasets.
+        When the analysis has no Grad-CAM, or one of a class the report does not assign (no
+        tumour found, or another class), or there are no source datasets.
     """
     grad_cam = analysis.grad_cam
     if grad_cam is None:
         raise ValueError("the analysis has no Grad-CAM (no tumour was found)")
+    if grad_cam.label != assigned_class(analysis.findings):
+        raise ValueError(f"class {grad_cam.label!r} was not assigned: no Grad-CAM to show")
     if not source_datasets:
         raise ValueError("no source datasets to take the patient and study from")
     spacing = float(grad_cam.pixel_spacing_mm)

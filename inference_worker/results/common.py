@@ -12,6 +12,7 @@ from pydicom.uid import UID, generate_uid
 
 from neurogate import __version__
 from neurogate.settings import ResultSettings
+from schemas.findings import Findings
 
 # How the node names itself in the objects it writes (model name of the "device").
 MODEL_NAME = "NeuroGate"
@@ -83,3 +84,32 @@ def frame_pixels(
             raise ValueError(f"{sop_instance_uid} has no frame {frame}")
         return pixels if frames == 1 else pixels[frame - 1]
     raise ValueError(f"no source dataset has SOP Instance UID {sop_instance_uid}")
+
+
+def tumour_found(findings: Findings) -> bool:
+    """Whether the result objects report a tumour: the detection decides.
+
+    Classification and segmentation follow the detection, never overrule it: a study the
+    detector calls tumour-free gets no tumour class, no tumour SEG, no tumour volumes and no
+    Grad-CAM, whatever masks the segmentation network drew. Without a detection there is
+    nothing that says a tumour was found.
+    """
+    return findings.detection is not None and findings.detection.tumour
+
+
+def assigned_class(findings: Findings) -> str | None:
+    """The tumour class the report states, None when no tumour was found or none assigned."""
+    if not tumour_found(findings) or findings.classification is None:
+        return None
+    return findings.classification.label
+
+
+def plane_ranges(planes: Sequence[int]) -> str:
+    """Planes as short ranges for people to read: ``[60, 61, 62, 70]`` → ``"60-62, 70"``."""
+    runs: list[list[int]] = []
+    for k in sorted(set(planes)):
+        if runs and k == runs[-1][-1] + 1:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)

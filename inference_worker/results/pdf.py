@@ -2,8 +2,10 @@
 
 The PDF is what a referring physician or a researcher without a DICOM viewer reads: who and which
 study, what was found and how sure the models were, the tumour volumes, which series were used or
-left out and why, the model versions, and two key images. Every page says that this is research
-software, not for clinical use.
+left out and why, the model versions, and two key images. A study the detector calls tumour-free
+gets a report that says so plainly, with the detector's probability and the intracranial volume,
+and nothing about a tumour class, tumour volumes or key images of a tumour. Every page says that
+this is research software, not for clinical use.
 """
 
 from __future__ import annotations
@@ -38,10 +40,13 @@ from inference_worker.results.capture import overlay_png
 from inference_worker.results.common import (
     MODEL_NAME,
     SOFTWARE_VERSION,
+    assigned_class,
     copy_patient_study,
     frame_pixels,
     new_uid,
+    plane_ranges,
     stamp_equipment,
+    tumour_found,
 )
 from inference_worker.results.seg import SEGMENTS
 from models.overlay import draw_outlines
@@ -129,32 +134,64 @@ def _patient_rows(source: Dataset) -> list[list[str]]:
     ]
 
 
+# How the classifier's planes were chosen (ClassificationFinding.planes_from), for the reader.
+PLANES_FROM = {
+    "segmentation": "the planes with the largest whole-tumour area",
+    "detection": "the detector's surest planes",
+}
+
+
 def _findings(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle) -> list[Flowable]:
     findings, story = analysis.findings, []
     story.append(Paragraph("Findings", heading))
-    detection = findings.detection
-    if detection is not None:
-        verdict = "Tumour present" if detection.tumour else "No tumour detected"
+    detection, tumour = findings.detection, tumour_found(findings)
+    if detection is not None and not tumour:
         story.append(
             Paragraph(
-                f"<b>Detection:</b> {verdict} (probability of tumour {detection.probability:.2f},"
-                f" {detection.series_role} series).",
+                f"<b>No tumour found.</b> The detector's probability of a tumour was "
+                f"{detection.probability:.2f} ({_escape(detection.series_role)} series).",
+                body,
+            )
+        )
+    elif detection is not None:
+        story.append(
+            Paragraph(
+                f"<b>Detection:</b> Tumour present (probability of tumour "
+                f"{detection.probability:.2f}, {_escape(detection.series_role)} series).",
+                body,
+            )
+        )
+    if findings.brain is not None:
+        story.append(
+            Paragraph(
+                f"<b>Intracranial volume:</b> {findings.brain.volume_ml:.1f} mL "
+                f"({_escape(findings.brain.series_role)} series).",
                 body,
             )
         )
     classification = findings.classification
-    if classification is not None:
+    if tumour and classification is not None:
         story.append(
             Paragraph(
                 f"<b>Tumour class:</b> {_escape(classification.label)} "
-                f"({classification.series_role} series).",
+                f"({_escape(classification.series_role)} series).",
                 body,
             )
         )
+        if classification.planes:
+            how = PLANES_FROM.get(classification.planes_from, classification.planes_from)
+            story.append(
+                Paragraph(
+                    f"Class decided on axial planes {plane_ranges(classification.planes)} of the "
+                    f"2 mm analysis grid ({_escape(classification.series_role)} series): "
+                    f"{_escape(how)}.",
+                    body,
+                )
+            )
         ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
         story.append(_table([["Class", "Probability"]] + [[k, f"{p:.3f}"] for k, p in ranked]))
     segmentation = findings.segmentation
-    if segmentation is not None:
+    if tumour and segmentation is not None:
         story.append(Spacer(1, 3 * mm))
         story.append(
             Paragraph(f"<b>Tumour volumes</b> ({segmentation.reference_role} reference):", body)
@@ -199,10 +236,13 @@ def _series_and_models(analysis: Analysis, heading: ParagraphStyle) -> list[Flow
 def _key_images(
     analysis: Analysis, source_datasets: Sequence[Dataset], heading: ParagraphStyle
 ) -> list[Flowable]:
+    """The Grad-CAM of the assigned class and the largest tumour extent; none without a tumour."""
+    if not tumour_found(analysis.findings):
+        return []
     cells: list[list[Flowable]] = [[], []]
     caption = getSampleStyleSheet()["BodyText"]
     grad_cam = analysis.grad_cam
-    if grad_cam is not None:
+    if grad_cam is not None and grad_cam.label == assigned_class(analysis.findings):
         cells[0].append(_image(overlay_png(grad_cam)))
         cells[1].append(
             Paragraph(

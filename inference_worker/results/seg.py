@@ -23,6 +23,7 @@ from inference_worker.results.common import (
     device_uid,
     new_uid,
     stamp_equipment,
+    tumour_found,
 )
 from neurogate.settings import ResultSettings
 
@@ -138,8 +139,11 @@ def build_seg(
     Raises
     ------
     ValueError
-        When there are no masks or they do not match the source frames.
+        When no tumour was detected (the masks of a tumour-free study are no tumour), there are
+        no masks or they do not match the source frames.
     """
+    if not tumour_found(analysis.findings):
+        raise ValueError("the detector found no tumour: there is no tumour to segment")
     if analysis.masks is None:
         raise ValueError("the analysis has no masks: segmentation did not run")
     model = analysis.findings.models.get("segmentation")

@@ -1,9 +1,12 @@
 """The findings as a TID 1500 Measurement Report (Comprehensive 3D SR) a PACS can index.
 
-One measurement group for the detection (tumour present or absent, with its probability), one
-for the tumour class (with the probability of each class) and, when segmentation ran, one per
-region (WT, TC, ET) with its volume, pointing at the segment of the SEG that outlines it through
-the segment's tracking UID and a Referenced Segment item.
+One measurement group for the detection (neoplasm present or absent, with its probability) and,
+when the brain was extracted, one for the intracranial volume. When the detector found a tumour,
+also one for the tumour class (with the probability of each class and the planes it was decided
+on) and, when segmentation ran, one per region (WT, TC, ET) with its volume, pointing at the
+segment of the SEG that outlines it through the segment's tracking UID and a Referenced Segment
+item. A tumour-free study's report says "Neoplasm: Absent" and holds no tumour class or volumes:
+the detection decides (:func:`~inference_worker.results.common.tumour_found`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from inference_worker.analysis import Analysis
-from inference_worker.results.common import MODEL_NAME, device_uid, new_uid, stamp_equipment
+from inference_worker.results.common import (
+    MODEL_NAME,
+    device_uid,
+    new_uid,
+    stamp_equipment,
+    tumour_found,
+)
 from inference_worker.results.seg import (
     ARTIFICIAL_INTELLIGENCE,
     MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
@@ -37,30 +46,41 @@ NO_UNITS = codes.UCUM.NoUnits  # UCUM "1": probabilities are fractions in [0, 1]
 VOLUME = codes.SCT.Volume  # SCT 118565006
 MILLILITRE = Code("ml", "UCUM", "milliliter")
 SUM_OF_VOXELS = codes.DCM.SumOfSegmentedVoxelMethodForVolume  # DCM 126030
-# The classifier's labels have no agreed SNOMED CT mapping in this project yet: they are coded
-# in the node's own (private, "99" prefixed) coding scheme, declared in the SR's header.
-CLASS_SCHEME = "99NEUROGATE"
+INTRACRANIAL_STRUCTURE = codes.SCT.IntracranialStructure  # SCT 128319008, CID 7140
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # SCT 91723000
+# The classifier's labels as NCI Thesaurus concepts (PS3.16 designator "NCIt"; the SEG's
+# "Enhancing Lesion" is NCIt too). "No tumour" is the absence concept the detection uses.
+NCIT = "NCIt"
+GLIOMA = Code("C3059", NCIT, "Glioma")
+MENINGIOMA = Code("C3230", NCIT, "Meningioma")
+PITUITARY_GLAND_ADENOMA = Code("C3329", NCIT, "Pituitary Gland Adenoma")
 TUMOUR_CLASSES = {
-    "glioma": Code("glioma", CLASS_SCHEME, "Glioma"),
-    "meningioma": Code("meningioma", CLASS_SCHEME, "Meningioma"),
-    "pituitary": Code("pituitary", CLASS_SCHEME, "Pituitary tumour"),
-    "notumor": Code("notumor", CLASS_SCHEME, "No tumour"),
+    "glioma": GLIOMA,
+    "meningioma": MENINGIOMA,
+    "pituitary": PITUITARY_GLAND_ADENOMA,
+    "notumor": ABSENT,
 }
+# A site model's own labels, with no mapping here, are coded in the node's private ("99"
+# prefixed) scheme, declared in the SR's header when used.
+CLASS_SCHEME = "99NEUROGATE"
+_CODE_VALUE_MAX = 16  # SH
 
 
 def class_code(label: str) -> Code:
     """The coded concept of a classifier label (a site model's own labels coded as they are)."""
-    return TUMOUR_CLASSES.get(label, Code(label[:16], CLASS_SCHEME, label))
+    return TUMOUR_CLASSES.get(label, Code(label[:_CODE_VALUE_MAX], CLASS_SCHEME, label))
 
 
-def _algorithm(model: ModelVersion | None) -> hd.sr.AlgorithmIdentification | None:
+def _algorithm(
+    model: ModelVersion | None, parameters: Sequence[str] = ()
+) -> hd.sr.AlgorithmIdentification | None:
     if model is None:
         return None
     return hd.sr.AlgorithmIdentification(
         name=model.name,
         version=model.version,
         family=ARTIFICIAL_INTELLIGENCE,
-        parameters=[f"sha256={model.sha256}"],
+        parameters=[f"sha256={model.sha256}", *parameters],
     )
 
 
@@ -90,22 +110,47 @@ def _finding_groups(
                 measurements=[_probability(detection.probability)],
             )
         )
-    if findings.classification is not None:
+    if tumour_found(findings) and findings.classification is not None:
         classification = findings.classification
         label = classification.label
+        # The planes (canonical 2 mm grid, k inferior to superior) the class was decided on
+        # go with the classifier's identification, as parameters of this run.
+        planes = [
+            f"planes_from={classification.planes_from}",
+            f"planes={','.join(str(k) for k in classification.planes)}",
+        ]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking("Tumour class", settings),
                 # The class is the group's Finding (TID 1501 row 3), which readers such as
                 # highdicom take as the finding type; a second "Finding" item would be ambiguous.
                 finding_type=class_code(label),
-                algorithm_id=_algorithm(findings.models.get("classification")),
+                algorithm_id=_algorithm(
+                    findings.models.get("classification"),
+                    planes if classification.planes else (),
+                ),
                 measurements=[
                     _probability(classification.probabilities.get(label, 0.0)),
                     *(
                         _probability(p, class_code(name))
                         for name, p in sorted(classification.probabilities.items())
                     ),
+                ],
+            )
+        )
+    if findings.brain is not None:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking("Intracranial volume", settings),
+                finding_type=INTRACRANIAL_STRUCTURE,
+                finding_category=ANATOMICAL_STRUCTURE,
+                algorithm_id=_algorithm(findings.models.get("brain_extraction")),
+                measurements=[
+                    hd.sr.Measurement(
+                        name=VOLUME,
+                        value=round(float(findings.brain.volume_ml), 1),
+                        unit=MILLILITRE,
+                    )
                 ],
             )
         )
@@ -124,7 +169,7 @@ def _region_groups(
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     """One group per region with its volume, referencing its segment in ``seg``."""
     segmentation = analysis.findings.segmentation
-    if segmentation is None:
+    if segmentation is None or not tumour_found(analysis.findings):
         return []
     algorithm = _algorithm(analysis.findings.models.get("segmentation"))
     source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
@@ -158,7 +203,7 @@ def _unsegmented_volumes(
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Volumes without a SEG to point at (masks could not be mapped onto DICOM frames)."""
     segmentation = analysis.findings.segmentation
-    if segmentation is None:
+    if segmentation is None or not tumour_found(analysis.findings):
         return []
     algorithm = _algorithm(analysis.findings.models.get("segmentation"))
     return [
@@ -177,8 +222,12 @@ def _unsegmented_volumes(
 def _private_schemes(
     analysis: Analysis, settings: ResultSettings
 ) -> list[CodingSchemeIdentificationItem] | None:
-    """The node's own coding scheme, declared when the report uses it (a tumour class)."""
-    if analysis.findings.classification is None:
+    """The node's own coding scheme, declared when the report uses it (a site model's label)."""
+    classification = analysis.findings.classification
+    if not tumour_found(analysis.findings) or classification is None:
+        return None
+    labels = {classification.label, *classification.probabilities}
+    if all(class_code(label).scheme_designator != CLASS_SCHEME for label in labels):
         return None
     return [
         CodingSchemeIdentificationItem(
@@ -204,8 +253,8 @@ def build_sr(
         A series of the study (the reference series when there is a SEG): the report copies its
         patient and study modules and lists it as evidence.
     seg
-        The SEG of the same analysis, or None when segmentation did not run; then the report
-        carries detection and classification (and volumes, if any, without segment references).
+        The SEG of the same analysis, or None when there is none; then the report carries
+        detection and classification (and tumour volumes, if any, without segment references).
 
     Raises
     ------

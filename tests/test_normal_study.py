@@ -1,0 +1,139 @@
+"""A normal study gets a normal answer, end to end: scanner (dcmtk) → listener → worker → Orthanc.
+
+A tumour-free synthetic study is pushed with storescu; the PACS receives an SR that says
+"Neoplasm: Absent" and a PDF that says no tumour was found, and neither a SEG nor a Grad-CAM
+capture, although segmentation runs on the study (all four contrasts are there).
+"""
+
+from __future__ import annotations
+
+import io
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy import select
+
+from inference_worker.pipeline import Models
+from inference_worker.service import WorkerService
+from models.registry import Task, manifest_for
+from models.synthetic import generate_case
+from models.synthetic.dicom import SyntheticStudy, write_dicom_study
+from neurogate.bus import open_bus
+from neurogate.db import create_db_engine, session_factory
+from neurogate.db.models import Analysis, AnalysisStatus, Export, ExportStatus
+from neurogate.settings import ExportSettings, PacsDestination, Settings
+from tests.conftest import free_port, make_settings
+from tests.harness import running_listener, storescu, wait_for
+from tests.orthanc import AE_TITLE, OrthancServer
+from tests.test_results import pdf_text
+from tests.test_worker import PROFILE
+
+# A tumour-free head on which the shipped detector says "no tumour" (probability about 0.27 at
+# the 0.9 threshold; of seeds 810100..810107 every one is negative, this the surest). The
+# detector is being retrained and the generator made full-head: re-pick the seed if either
+# change makes the detector call this case a tumour.
+NORMAL_SEED = 810103
+NEOPLASM, ABSENT = "108369006", "272519000"  # SCT
+
+
+@pytest.fixture(scope="module")
+def models() -> Models:
+    return Models.load_all({task: manifest_for(task) for task in Task})
+
+
+@pytest.fixture(scope="module")
+def normal(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
+    case = generate_case(NORMAL_SEED, "none", voxel_mm=2.0)
+    folder = tmp_path_factory.mktemp("normal")
+    return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-N")
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[OrthancServer]:
+    server = OrthancServer(tmp_path / "orthanc", free_port(), free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _with_pacs(settings: Settings, server: OrthancServer) -> Settings:
+    destination = PacsDestination(
+        name="pacs", ae_title=AE_TITLE, host="127.0.0.1", port=server.dicom_port
+    )
+    return settings.model_copy(update={"export": ExportSettings(destinations=[destination])})
+
+
+def _download(server: OrthancServer, study_uid: str, modality: str) -> Dataset:
+    (instance_id,) = server.post(
+        "/tools/find",
+        {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": modality}},
+    )
+    with urllib.request.urlopen(f"{server.url}/instances/{instance_id}/file", timeout=10) as r:
+        return dcmread(io.BytesIO(r.read()))
+
+
+def test_a_tumour_free_study_comes_back_as_an_absent_sr_and_a_pdf_only(
+    tmp_path: Path, sqlite_url: str, orthanc: OrthancServer, models: Models, normal: SyntheticStudy
+) -> None:
+    settings = _with_pacs(make_settings(tmp_path / "node", sqlite_url), orthanc)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    sessions = session_factory(engine)
+
+    def exported() -> bool:
+        with sessions() as session:
+            rows = session.scalars(select(Export)).all()
+            return len(rows) > 0 and all(r.status == ExportStatus.SENT for r in rows)
+
+    uid = normal.study_instance_uid
+    with running_listener(settings) as listener:
+        bus = open_bus(settings.bus, settings.embedded_bus_path)
+        worker = WorkerService(settings, sessions, bus, models)
+        worker.start()
+        try:
+            files = [f for series in normal.series.values() for f in series.files]
+            sent = storescu(listener.address[1], files)
+            assert sent.returncode == 0, sent.stderr
+            orthanc.wait_for_instances(uid, "DOC", 1, timeout=240)
+            wait_for(exported, timeout=60, interval=0.2)
+        finally:
+            worker.stop()
+            bus.close()
+
+    with sessions() as session:
+        analysis = session.scalars(select(Analysis)).one()
+        assert analysis.status == AnalysisStatus.COMPLETED and analysis.findings is not None
+        assert analysis.findings["detection"]["tumour"] is False
+        assert analysis.findings["classification"] is None
+        assert "segmentation" not in analysis.findings["skipped"]  # it ran: masks were drawn
+        assert sorted(o.kind for o in analysis.objects) == ["pdf", "sr"]
+    engine.dispose()
+
+    # What the PACS holds of the study: the images sent, an SR and a PDF; no SEG, no capture.
+    results = {i["Modality"] for i in orthanc.instances(uid)} - {"MR"}
+    assert results == {"SR", "DOC"}
+
+    report = hd.sr.Comprehensive3DSR.from_dataset(_download(orthanc, uid, "SR")).content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    assert report.get_volumetric_roi_measurement_groups() == []
+    groups = {str(g.tracking_identifier): g for g in report.get_image_measurement_groups()}
+    assert "Tumour class" not in groups
+    detection = groups["Tumour detection"]
+    verdicts = {
+        e[0].ConceptNameCodeSequence[0].CodeValue: e[0].ConceptCodeSequence[0].CodeValue
+        for e in detection.get_qualitative_evaluations()
+    }
+    assert verdicts[NEOPLASM] == ABSENT
+    (probability,) = detection.get_measurements()
+    assert float(probability.value) == pytest.approx(
+        analysis.findings["detection"]["probability"], abs=1e-4
+    )
+
+    pdf = _download(orthanc, uid, "DOC")
+    text = pdf_text(bytes(pdf.EncapsulatedDocument)[: int(pdf.EncapsulatedDocumentLength)])
+    assert "No tumour found." in text
+    assert "Tumour class" not in text and "Tumour volumes" not in text
