@@ -7,6 +7,7 @@ runs the API together with a relay of its own; see :mod:`api.server`).
 import uvicorn
 
 from api.app import create_app
+from api.server import uvicorn_config
 from neurogate.logging import configure_logging
 from neurogate.settings import get_settings
 
@@ -15,7 +16,7 @@ def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None)
+    uvicorn.Server(uvicorn_config(app, settings)).run()
 
 
 if __name__ == "__main__":
