@@ -7,6 +7,7 @@ runs the API together with a relay of its own; see :mod:`api.server`).
 import uvicorn
 
 from api.app import create_app
+from api.secret_policy import InsecureSetting
 from api.server import uvicorn_config
 from neurogate.logging import configure_logging
 from neurogate.settings import get_settings
@@ -15,7 +16,10 @@ from neurogate.settings import get_settings
 def main() -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except InsecureSetting as exc:
+        raise SystemExit(f"python -m api: {exc}") from None
     uvicorn.Server(uvicorn_config(app, settings)).run()
 
 

@@ -22,6 +22,7 @@ from api.inference import Classifier
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
 from api.routes import auth, classify, patients, service, studies, uploads, users
+from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
 from api.throttle import LoginThrottle
 from neurogate.settings import Settings
@@ -57,9 +58,10 @@ def create_app(
 
     Raises
     ------
-    ValueError
-        In the production profile without a JWT secret.
+    api.secret_policy.InsecureSetting
+        In the production profile, with a weak JWT secret or admin password (a ``ValueError``).
     """
+    check_production_secrets(settings)
     context = ApiContext(
         settings=settings,
         passwords=PasswordHasher(bcrypt_rounds),

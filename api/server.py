@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.secret_policy import InsecureSetting
 from neurogate.bus import Bus
 from neurogate.outbox import service_relay
 from neurogate.settings import Settings
@@ -52,12 +53,21 @@ class ApiService:
         The process' database session factory.
     bus
         Where the API's events (analysis requests) are published, through the outbox.
+
+    Raises
+    ------
+    SystemExit
+        With one line naming the setting, when the production profile refuses a secret.
     """
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
         self._settings = settings
         self.relay = service_relay(sessions, bus, settings.bus, PUBLISHED_TOPICS)
-        app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
+        try:
+            app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
+        except InsecureSetting as exc:
+            self.relay.close()
+            raise SystemExit(f"neurogate api: {exc}") from None
         self._server = uvicorn.Server(uvicorn_config(app, settings))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -228,7 +229,7 @@ def test_the_first_admin_comes_from_settings_or_create_admin(
 def test_production_refuses_to_start_without_a_jwt_secret(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="JWT_SECRET"):
         create_app(Settings(profile="production", data_dir=tmp_path))
-    secret = {"jwt_secret": "s" * 40}
+    secret = {"jwt_secret": secrets.token_urlsafe(48)}
     create_app(Settings(profile="production", data_dir=tmp_path, api=secret))  # type: ignore[arg-type]
 
 
