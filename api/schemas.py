@@ -351,8 +351,19 @@ class Check(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """Every check with its detail (destinations, model versions): for admins only."""
+
     status: HealthState
     checks: dict[str, Check]
+
+
+class HealthSummary(BaseModel):
+    """What anyone may know of the node's health: no names, paths or versions."""
+
+    status: HealthState
+    model_loaded: bool  # the classifier is loaded in this process
+    classes: int  # how many classes the configured classifier tells apart (0: unreadable)
+    uptime_seconds: float
 
 
 class ApiInfo(BaseModel):

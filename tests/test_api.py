@@ -28,7 +28,7 @@ from api.server import ApiService
 from neurogate.bus import open_bus
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
 from neurogate.db.models import Analysis, Export, OutboxEvent, ResultObject, Study
-from neurogate.settings import Settings
+from neurogate.settings import ExportSettings, Settings
 from schemas.events import AnalysisRequested, parse_event
 from schemas.topics import Topic
 from tests.conftest import free_port
@@ -437,16 +437,48 @@ def test_the_report_is_the_pdf_inside_the_encapsulated_pdf(
 # -- service ---------------------------------------------------------------------------------
 
 
+def test_anonymous_health_names_no_destination_path_or_version(
+    tmp_path: Path, database_url: str
+) -> None:
+    pacs = {"name": "ward-7-pacs", "ae_title": "W7PACS", "host": "10.1.2.3", "port": 104}
+    settings = api_settings(tmp_path, database_url).model_copy(
+        update={"export": ExportSettings.model_validate({"destinations": [pacs]})}
+    )
+    with running_app(settings) as client:
+        anonymous = client.get("/api/health")
+        assert anonymous.json()["status"] == "healthy"
+        for revealing in ("ward-7-pacs", "W7PACS", "10.1.2.3", "version", "/", "name", "sha"):
+            assert revealing not in anonymous.text, revealing
+        assert client.get("/api/health/details").status_code == 401
+        add_patient(client, "P1")
+        for role, headers in (
+            ("clinician", add_user(client, "clin", "clinician")),
+            ("patient", add_user(client, "pat1", "patient", patient_id="P1")),
+        ):
+            refused = client.get("/api/health/details", headers=headers)
+            assert refused.status_code == 403 and error_code(refused) == "FORBIDDEN", role
+        details = client.get("/api/health/details", headers=admin_headers(client)).json()
+        assert details["checks"]["exports"]["detail"]["destinations"] == ["ward-7-pacs"]
+        assert details["checks"]["models"]["detail"]["classification"]["version"]
+
+
 def test_health_metrics_and_info(client: TestClient) -> None:
+    details = client.get("/api/health/details", headers=admin_headers(client))
+    assert details.status_code == 200
+    body = details.json()
+    assert body["checks"]["database"]["status"] == "healthy"
+    assert body["checks"]["models"]["detail"]["classification"]["version"]
+    # No export destination is configured in the tests: the node works, but degraded.
+    assert body["checks"]["exports"]["status"] == "degraded"
+    assert body["status"] == "degraded"
     for path in ("/api/health", "/healthcheck"):
         health = client.get(path)
         assert health.status_code == 200
-        body = health.json()
-        assert body["checks"]["database"]["status"] == "healthy"
-        assert body["checks"]["models"]["detail"]["classification"]["version"]
-        # No export destination is configured in the tests: the node works, but degraded.
-        assert body["checks"]["exports"]["status"] == "degraded"
-        assert body["status"] == "degraded"
+        summary = health.json()
+        assert summary.keys() == {"status", "model_loaded", "classes", "uptime_seconds"}
+        assert summary["status"] == "degraded"
+        assert summary["model_loaded"] is False and summary["classes"] == 4
+        assert summary["uptime_seconds"] >= 0
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert (
@@ -531,8 +563,10 @@ def test_the_api_service_serves_and_relays_its_events(tmp_path: Path, database_u
     try:
         base = f"http://127.0.0.1:{settings.api.port}"
         assert (
-            httpx.get(f"{base}/api/health", timeout=10).json()["checks"]["database"]["status"]
-            == "healthy"
+            httpx.get(f"{base}/api/health", timeout=10).json()["status"] == "degraded"
+        )  # no export destination
+        assert (
+            httpx.get(f"{base}/healthcheck", timeout=10).status_code == 200
         )
         token = httpx.post(
             f"{base}/api/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30
