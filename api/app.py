@@ -107,7 +107,11 @@ def create_app(
     install_error_handlers(app)
     for module in (auth, users, patients, studies, uploads, classify, service):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=int(settings.api.max_upload_mb * _MB))
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=int(settings.api.max_request_mb * _MB),
+        path_limits={uploads.UPLOAD_PATH: int(settings.api.max_upload_mb * _MB)},
+    )
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,

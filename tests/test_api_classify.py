@@ -215,7 +215,7 @@ def test_patients_may_not_classify(client: TestClient, brain_plane: np.ndarray) 
 
 
 def test_a_picture_over_the_limit_is_413(tmp_path: Path, brain_plane: np.ndarray) -> None:
-    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_upload_mb=0.001)
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_request_mb=0.001)
     with running_app(settings) as client:
         staff = add_user(client, "clin", "clinician")
         big = png(brain_plane, (512, 512))

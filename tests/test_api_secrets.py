@@ -57,7 +57,7 @@ def test_low_entropy_jwt_secrets_are_refused_naming_the_setting(
 
 
 def test_an_unset_jwt_secret_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InsecureSetting, match="JWT_SECRET is refused.*not set"):
+    with pytest.raises(InsecureSetting, match=r"JWT_SECRET is refused.*not set"):
         create_app(Settings(profile="production", data_dir=tmp_path))
 
 

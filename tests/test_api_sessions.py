@@ -4,23 +4,16 @@ SQLite and PostgreSQL; the client address the throttle counts, behind uvicorn.""
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from api.app import create_app
-from api.server import uvicorn_config
 from api.throttle import MAX_KEYS, LoginThrottle
 from neurogate.settings import ApiSettings, Settings
-from tests.conftest import free_port
 from tests.test_api_support import (
     ADMIN,
     PASSWORD,
@@ -30,6 +23,7 @@ from tests.test_api_support import (
     bearer,
     error_code,
     running_app,
+    served,
 )
 
 MAX_FAILURES = 3
@@ -138,25 +132,6 @@ def test_the_throttle_remembers_a_bounded_number_of_accounts() -> None:
     assert len(throttle._failures) == MAX_KEYS
     assert throttle.retry_after(throttle.key("user0", "10.0.0.7")) is None  # forgotten first
     assert throttle.retry_after(throttle.key(f"user{MAX_KEYS + 9}", "10.0.0.7")) is not None
-
-
-@contextmanager
-def served(settings: Settings) -> Iterator[str]:
-    """The app behind uvicorn, configured as ``neurogate api`` configures it; its base URL."""
-    port = free_port()
-    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
-    server = uvicorn.Server(uvicorn_config(create_app(settings, bcrypt_rounds=4), settings))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def _failed_sign_in_clients(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.security import PasswordHasher
+from api.server import uvicorn_config
 from neurogate.db.models import (
     Analysis,
     Export,
@@ -24,7 +28,7 @@ from neurogate.db.models import (
     User,
 )
 from neurogate.settings import ApiSettings, Settings
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 ADMIN = ("admin", "admin-password-1")
 PASSWORD = "a-long-password"
@@ -46,6 +50,25 @@ def running_app(settings: Settings, **kwargs: Any) -> Iterator[TestClient]:
     app = create_app(settings, **kwargs)
     with TestClient(app) as client:
         yield client
+
+
+@contextmanager
+def served(settings: Settings) -> Iterator[str]:
+    """The app behind uvicorn, configured as ``neurogate api`` configures it; its base URL."""
+    port = free_port()
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    server = uvicorn.Server(uvicorn_config(create_app(settings, bcrypt_rounds=4), settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def sessions_of(client: TestClient) -> sessionmaker[Session]:

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
 
 UPLOADS_DIR = "uploads"
+UPLOAD_PATH = "/api/process-mri"  # the one route with api.max_upload_mb (api.limits)
 ROLES = ("T1", "T1CE", "T2", "FLAIR")
 _ROLE_ALIASES = {"t1": "T1", "t1ce": "T1CE", "t1c": "T1CE", "t1gd": "T1CE", "t2": "T2"}
 _ROLE_ALIASES["flair"] = "FLAIR"
@@ -156,7 +157,7 @@ def _store(files: dict[str, tuple[UploadFile, str]], folder: Path) -> None:
 
 
 @router.post(
-    "/api/process-mri",
+    UPLOAD_PATH,
     status_code=202,
     response_model=UploadOut,
     openapi_extra=_PROCESS_BODY,
