@@ -372,3 +372,25 @@ class ApiInfo(BaseModel):
     docs: str
     openapi: str
     health: str
+
+
+# -- audit trail -----------------------------------------------------------------------------------
+
+
+class AuditEventOut(BaseModel):
+    """One event of the audit trail (``GET /api/audit``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: dt.datetime
+    username: str | None
+    role: str | None
+    peer: str | None
+    action: str
+    object_type: str
+    object_id: str | None
+    study_instance_uid: str | None
+    patient_id: str | None
+    outcome: str
+    detail: dict[str, Any] | None

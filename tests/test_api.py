@@ -17,8 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from api.app import create_app
@@ -27,7 +25,7 @@ from api.routes import studies as studies_routes
 from api.server import ApiService
 from neurogate.bus import open_bus
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
-from neurogate.db.models import Analysis, Export, OutboxEvent, ResultObject, Study
+from neurogate.db.models import Analysis, Export, OutboxEvent, Study
 from neurogate.settings import ExportSettings, Settings
 from schemas.events import AnalysisRequested, parse_event
 from schemas.topics import Topic
@@ -44,6 +42,7 @@ from tests.test_api_support import (
     error_code,
     running_app,
     sessions_of,
+    write_pdf_report,
 )
 
 S1, S2, S3 = (
@@ -415,20 +414,7 @@ def test_the_report_is_the_pdf_inside_the_encapsulated_pdf(
 ) -> None:
     missing = client.get(f"/api/studies/{S2}/report", headers=seeded["patient"])
     assert missing.status_code == 404 and error_code(missing) == "NOT_FOUND"
-    document = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = document + b"\x00"  # padded to even length, as DICOM does
-    ds.file_meta = Dataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    with sessions_of(client)() as session:
-        path = session.scalars(select(ResultObject.path)).one()
-    (settings.storage_root / path).parent.mkdir(parents=True)
-    ds.save_as(settings.storage_root / path, enforce_file_format=True)
+    document = write_pdf_report(client, settings)
     response = client.get(f"/api/studies/{S1}/report", headers=seeded["patient"])
     assert response.status_code == 200 and response.headers["content-type"] == "application/pdf"
     assert response.content == document
@@ -565,9 +551,7 @@ def test_the_api_service_serves_and_relays_its_events(tmp_path: Path, database_u
         assert (
             httpx.get(f"{base}/api/health", timeout=10).json()["status"] == "degraded"
         )  # no export destination
-        assert (
-            httpx.get(f"{base}/healthcheck", timeout=10).status_code == 200
-        )
+        assert httpx.get(f"{base}/healthcheck", timeout=10).status_code == 200
         token = httpx.post(
             f"{base}/api/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30
         ).json()["access_token"]

@@ -12,6 +12,9 @@ from typing import Any
 
 import uvicorn
 from fastapi.testclient import TestClient
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
@@ -217,3 +220,24 @@ def empty_filename_part(field: str) -> tuple[bytes, dict[str, str]]:
         f"data\r\n--{boundary}--\r\n"
     ).encode()
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+PDF_DOCUMENT = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
+def write_pdf_report(client: TestClient, settings: Settings) -> bytes:
+    """The Encapsulated PDF file of the one PDF result object (see :func:`add_study`); the PDF."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = PDF_DOCUMENT + b"\x00"  # padded to even length, as DICOM does
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with sessions_of(client)() as session:
+        path = session.scalars(select(ResultObject.path).where(ResultObject.kind == "pdf")).one()
+    (settings.storage_root / path).parent.mkdir(parents=True)
+    ds.save_as(settings.storage_root / path, enforce_file_format=True)
+    return PDF_DOCUMENT

@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import queries
-from api.deps import ContextDep, SessionDep, StaffUser
+from api.audit import AuditAction, AuditObject
+from api.deps import AuditDep, ContextDep, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, responses
 from api.schemas import PATIENT_ID_PATTERN, UploadOut
 from neurogate.db.models import Patient, Study, StudyStatus, Upload
@@ -164,7 +165,11 @@ def _store(files: dict[str, tuple[UploadFile, str]], folder: Path) -> None:
     responses=responses(400, 401, 403, 413, 415, 422),
 )
 async def process_mri(
-    staff: StaffUser, context: ContextDep, session: SessionDep, request: Request
+    staff: StaffUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    request: Request,
 ) -> UploadOut:
     """Upload NIfTI volumes of one study (any of T1, T1CE, T2, FLAIR) for analysis."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -194,6 +199,16 @@ async def process_mri(
         raise
     context.on_change()
     log.info("upload accepted", extra={"study_uid": study_uid, "roles": sorted(files)})
+    await run_in_threadpool(
+        auditor.record,
+        AuditAction.UPLOAD,
+        AuditObject.STUDY,
+        user=staff,
+        object_id=study_uid,
+        study_uid=study_uid,
+        patient_id=out.patient_id,
+        detail={"roles": sorted(files)},
+    )
     return out
 
 
