@@ -21,7 +21,8 @@ from api.errors import install_error_handlers, responses
 from api.inference import Classifier
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
-from api.routes import auth, classify, patients, service, studies, uploads, users
+from api.routes import audit, auth, classify, patients, service, studies, uploads, users
+from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
 from api.throttle import LoginThrottle
 from neurogate.settings import Settings
@@ -57,9 +58,10 @@ def create_app(
 
     Raises
     ------
-    ValueError
-        In the production profile without a JWT secret.
+    api.secret_policy.InsecureSetting
+        In the production profile, with a weak JWT secret or admin password (a ``ValueError``).
     """
+    check_production_secrets(settings)
     context = ApiContext(
         settings=settings,
         passwords=PasswordHasher(bcrypt_rounds),
@@ -103,9 +105,13 @@ def create_app(
     )
     app.state.context = context
     install_error_handlers(app)
-    for module in (auth, users, patients, studies, uploads, classify, service):
+    for module in (auth, users, patients, studies, uploads, classify, service, audit):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimit, max_bytes=int(settings.api.max_upload_mb * _MB))
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=int(settings.api.max_request_mb * _MB),
+        path_limits={uploads.UPLOAD_PATH: int(settings.api.max_upload_mb * _MB)},
+    )
     if settings.api.cors_origins:
         app.add_middleware(
             CORSMiddleware,

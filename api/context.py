@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ class ApiContext:
     on_change: Callable[[], None] = lambda: None
     sse_poll_seconds: float = 1.0
     sessions: sessionmaker[Session] | None = field(default=None)
+    started: float = field(default_factory=time.monotonic)  # for the uptime in /api/health
 
     def session_factory(self) -> sessionmaker[Session]:
         if self.sessions is None:

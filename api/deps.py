@@ -9,6 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
+from api.audit import Auditor
 from api.context import ApiContext
 from api.errors import ApiError, ErrorCode
 from api.security import InvalidToken
@@ -38,6 +39,18 @@ def get_session(context: ContextDep) -> Iterator[Session]:
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def peer_address(request: Request) -> str | None:
+    """The client's address: the TCP peer, or what a trusted proxy says (``trusted_proxies``)."""
+    return request.client.host if request.client is not None else None
+
+
+def get_auditor(context: ContextDep, request: Request) -> Auditor:
+    return Auditor(context.session_factory(), peer_address(request))
+
+
+AuditDep = Annotated[Auditor, Depends(get_auditor)]
 
 
 def unauthorized(message: str) -> ApiError:

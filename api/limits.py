@@ -1,8 +1,14 @@
-"""A cap on request bodies, enforced while they arrive (uploads are never buffered whole first)."""
+"""A cap on request bodies, enforced while they arrive (uploads are never buffered whole first).
+
+Two caps: NIfTI uploads (``api.max_upload_mb``, spooled to disk as they stream) and every other
+body (``api.max_request_mb``): JSON, ``/predict``'s base64 pictures and ``/api/classify``'s
+picture are read into memory whole and decoded, so each byte allowed costs a few in memory.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -14,23 +20,35 @@ class _TooLarge(Exception):
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 ``FILE_TOO_LARGE`` for a body over ``max_bytes``.
+    """ASGI middleware: 413 ``FILE_TOO_LARGE`` for a body over its path's limit.
 
     A declared Content-Length over the limit is refused before anything is read; a chunked body
-    is counted as it streams, and whatever the app began to answer is replaced by the 413.
+    is counted as it streams (refused at the first chunk past the limit, so at most the limit is
+    ever held), and whatever the app began to answer is replaced by the 413.
+
+    Parameters
+    ----------
+    max_bytes
+        The limit of every path not in ``path_limits``.
+    path_limits
+        Limits of particular paths (exact match), e.g. the upload route's larger one.
     """
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = dict(path_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, limit)
             return
         received = 0
         exceeded = False
@@ -41,7 +59,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     exceeded = True
                     raise _TooLarge
             return message
@@ -56,10 +74,11 @@ class BodySizeLimit:
         with contextlib.suppress(_TooLarge):  # the 413 below answers it
             await self.app(scope, counting_receive, guarded_send)
         if exceeded and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit_mb = self.max_bytes / (1 << 20)
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        limit_mb = limit / (1 << 20)
         response = error_response(
             413,
             ErrorCode.FILE_TOO_LARGE,

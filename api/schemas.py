@@ -351,8 +351,19 @@ class Check(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """Every check with its detail (destinations, model versions): for admins only."""
+
     status: HealthState
     checks: dict[str, Check]
+
+
+class HealthSummary(BaseModel):
+    """What anyone may know of the node's health: no names, paths or versions."""
+
+    status: HealthState
+    model_loaded: bool  # the classifier is loaded in this process
+    classes: int  # how many classes the configured classifier tells apart (0: unreadable)
+    uptime_seconds: float
 
 
 class ApiInfo(BaseModel):
@@ -361,3 +372,25 @@ class ApiInfo(BaseModel):
     docs: str
     openapi: str
     health: str
+
+
+# -- audit trail -----------------------------------------------------------------------------------
+
+
+class AuditEventOut(BaseModel):
+    """One event of the audit trail (``GET /api/audit``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: dt.datetime
+    username: str | None
+    role: str | None
+    peer: str | None
+    action: str
+    object_type: str
+    object_id: str | None
+    study_instance_uid: str | None
+    patient_id: str | None
+    outcome: str
+    detail: dict[str, Any] | None

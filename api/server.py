@@ -8,9 +8,11 @@ import threading
 import time
 
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.secret_policy import InsecureSetting
 from neurogate.bus import Bus
 from neurogate.outbox import service_relay
 from neurogate.settings import Settings
@@ -20,6 +22,24 @@ log = logging.getLogger(__name__)
 
 PUBLISHED_TOPICS = (Topic.ANALYSIS_REQUESTED,)
 _START_TIMEOUT_S = 30.0
+
+
+def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
+    """uvicorn for ``app``, believing X-Forwarded-For only from ``api.trusted_proxies``.
+
+    uvicorn's own default believes it from 127.0.0.1 (or ``$FORWARDED_ALLOW_IPS``): any local
+    process, or a proxy that passes the header through, could then choose the client address
+    the sign-in throttle counts and the logs and audit trail name.
+    """
+    trusted = list(settings.api.trusted_proxies)
+    return uvicorn.Config(
+        app,
+        host=settings.api.host,
+        port=settings.api.port,
+        log_config=None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted,
+    )
 
 
 class ApiService:
@@ -33,16 +53,22 @@ class ApiService:
         The process' database session factory.
     bus
         Where the API's events (analysis requests) are published, through the outbox.
+
+    Raises
+    ------
+    SystemExit
+        With one line naming the setting, when the production profile refuses a secret.
     """
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
         self._settings = settings
         self.relay = service_relay(sessions, bus, settings.bus, PUBLISHED_TOPICS)
-        app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
-        config = uvicorn.Config(
-            app, host=settings.api.host, port=settings.api.port, log_config=None
-        )
-        self._server = uvicorn.Server(config)
+        try:
+            app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
+        except InsecureSetting as exc:
+            self.relay.close()
+            raise SystemExit(f"neurogate api: {exc}") from None
+        self._server = uvicorn.Server(uvicorn_config(app, settings))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

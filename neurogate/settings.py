@@ -8,6 +8,7 @@ tests); nothing reads the environment at import time.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -245,12 +246,30 @@ class ApiSettings(BaseModel):
     login_max_failures: int = Field(5, ge=1)
     login_window_seconds: float = Field(300.0, gt=0)
     max_upload_mb: float = Field(512.0, gt=0)
+    # Every other request body (JSON, /predict, /api/classify pictures) is refused above this.
+    max_request_mb: float = Field(32.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = []
+    # Reverse proxies (addresses or networks) whose X-Forwarded-For / -Proto is believed; empty:
+    # none, the peer of the TCP connection is the client (sign-in throttle, logs, audit trail).
+    trusted_proxies: Annotated[list[str], NoDecode] = []
     # The first admin account, created at start when no admin exists (no default password).
     admin_username: str | None = None
     admin_password: SecretStr | None = None
 
-    _split = field_validator("cors_origins", mode="before")(_split_csv)
+    _split = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {proxy!r} is not an IP address or network (e.g. 10.0.0.5, "
+                    "10.0.0.0/24); '*' is refused: every client could then choose its address"
+                ) from None
+        return value
 
 
 class Settings(BaseSettings):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 import threading
 import time
 import uuid
@@ -16,8 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pydicom import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from api.app import create_app
@@ -26,8 +25,8 @@ from api.routes import studies as studies_routes
 from api.server import ApiService
 from neurogate.bus import open_bus
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
-from neurogate.db.models import Analysis, Export, OutboxEvent, ResultObject, Study
-from neurogate.settings import Settings
+from neurogate.db.models import Analysis, Export, OutboxEvent, Study
+from neurogate.settings import ExportSettings, Settings
 from schemas.events import AnalysisRequested, parse_event
 from schemas.topics import Topic
 from tests.conftest import free_port
@@ -43,6 +42,7 @@ from tests.test_api_support import (
     error_code,
     running_app,
     sessions_of,
+    write_pdf_report,
 )
 
 S1, S2, S3 = (
@@ -228,7 +228,7 @@ def test_the_first_admin_comes_from_settings_or_create_admin(
 def test_production_refuses_to_start_without_a_jwt_secret(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="JWT_SECRET"):
         create_app(Settings(profile="production", data_dir=tmp_path))
-    secret = {"jwt_secret": "s" * 40}
+    secret = {"jwt_secret": secrets.token_urlsafe(48)}
     create_app(Settings(profile="production", data_dir=tmp_path, api=secret))  # type: ignore[arg-type]
 
 
@@ -414,20 +414,7 @@ def test_the_report_is_the_pdf_inside_the_encapsulated_pdf(
 ) -> None:
     missing = client.get(f"/api/studies/{S2}/report", headers=seeded["patient"])
     assert missing.status_code == 404 and error_code(missing) == "NOT_FOUND"
-    document = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
-    ds = Dataset()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
-    ds.SOPInstanceUID = generate_uid()
-    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
-    ds.EncapsulatedDocument = document + b"\x00"  # padded to even length, as DICOM does
-    ds.file_meta = Dataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    with sessions_of(client)() as session:
-        path = session.scalars(select(ResultObject.path)).one()
-    (settings.storage_root / path).parent.mkdir(parents=True)
-    ds.save_as(settings.storage_root / path, enforce_file_format=True)
+    document = write_pdf_report(client, settings)
     response = client.get(f"/api/studies/{S1}/report", headers=seeded["patient"])
     assert response.status_code == 200 and response.headers["content-type"] == "application/pdf"
     assert response.content == document
@@ -436,16 +423,48 @@ def test_the_report_is_the_pdf_inside_the_encapsulated_pdf(
 # -- service ---------------------------------------------------------------------------------
 
 
+def test_anonymous_health_names_no_destination_path_or_version(
+    tmp_path: Path, database_url: str
+) -> None:
+    pacs = {"name": "ward-7-pacs", "ae_title": "W7PACS", "host": "10.1.2.3", "port": 104}
+    settings = api_settings(tmp_path, database_url).model_copy(
+        update={"export": ExportSettings.model_validate({"destinations": [pacs]})}
+    )
+    with running_app(settings) as client:
+        anonymous = client.get("/api/health")
+        assert anonymous.json()["status"] == "healthy"
+        for revealing in ("ward-7-pacs", "W7PACS", "10.1.2.3", "version", "/", "name", "sha"):
+            assert revealing not in anonymous.text, revealing
+        assert client.get("/api/health/details").status_code == 401
+        add_patient(client, "P1")
+        for role, headers in (
+            ("clinician", add_user(client, "clin", "clinician")),
+            ("patient", add_user(client, "pat1", "patient", patient_id="P1")),
+        ):
+            refused = client.get("/api/health/details", headers=headers)
+            assert refused.status_code == 403 and error_code(refused) == "FORBIDDEN", role
+        details = client.get("/api/health/details", headers=admin_headers(client)).json()
+        assert details["checks"]["exports"]["detail"]["destinations"] == ["ward-7-pacs"]
+        assert details["checks"]["models"]["detail"]["classification"]["version"]
+
+
 def test_health_metrics_and_info(client: TestClient) -> None:
+    details = client.get("/api/health/details", headers=admin_headers(client))
+    assert details.status_code == 200
+    body = details.json()
+    assert body["checks"]["database"]["status"] == "healthy"
+    assert body["checks"]["models"]["detail"]["classification"]["version"]
+    # No export destination is configured in the tests: the node works, but degraded.
+    assert body["checks"]["exports"]["status"] == "degraded"
+    assert body["status"] == "degraded"
     for path in ("/api/health", "/healthcheck"):
         health = client.get(path)
         assert health.status_code == 200
-        body = health.json()
-        assert body["checks"]["database"]["status"] == "healthy"
-        assert body["checks"]["models"]["detail"]["classification"]["version"]
-        # No export destination is configured in the tests: the node works, but degraded.
-        assert body["checks"]["exports"]["status"] == "degraded"
-        assert body["status"] == "degraded"
+        summary = health.json()
+        assert summary.keys() == {"status", "model_loaded", "classes", "uptime_seconds"}
+        assert summary["status"] == "degraded"
+        assert summary["model_loaded"] is False and summary["classes"] == 4
+        assert summary["uptime_seconds"] >= 0
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert (
@@ -530,9 +549,9 @@ def test_the_api_service_serves_and_relays_its_events(tmp_path: Path, database_u
     try:
         base = f"http://127.0.0.1:{settings.api.port}"
         assert (
-            httpx.get(f"{base}/api/health", timeout=10).json()["checks"]["database"]["status"]
-            == "healthy"
-        )
+            httpx.get(f"{base}/api/health", timeout=10).json()["status"] == "degraded"
+        )  # no export destination
+        assert httpx.get(f"{base}/healthcheck", timeout=10).status_code == 200
         token = httpx.post(
             f"{base}/api/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]}, timeout=30
         ).json()["access_token"]

@@ -25,6 +25,7 @@ from neurogate.settings import ModelSettings, Settings
 from tests.test_api_support import (
     add_patient,
     add_user,
+    admin_headers,
     api_settings,
     empty_filename_part,
     error_code,
@@ -117,6 +118,13 @@ def test_a_png_slice_is_classified_and_explained(
     assert original.size == overlay.size == heat.size == (240, 192)
     assert overlay.mode == heat.mode == "RGB" and original.mode == "L"
     assert body["processing_time_ms"] > 0 and body["model"]["version"]
+    audit = client.get(
+        "/api/audit", params={"action": "image.classify"}, headers=admin_headers(client)
+    )
+    event = audit.json()["items"][0]  # the picture by its hash: no file name, no pixels
+    assert (event["username"], event["object_type"]) == ("clin", "image")
+    assert event["object_id"].startswith("sha256:") and "slice.png" not in audit.text
+    assert event["detail"] == {"images": 1, "gradcam": True, "class": body["class"]}
 
 
 def test_a_dicom_slice_is_classified(
@@ -185,6 +193,10 @@ def test_predict_classifies_a_batch_in_one_call(
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert [r["id"] for r in results] == [0, 1, 2] and calls == [3]
+    audit = client.get(
+        "/api/audit", params={"action": "image.classify"}, headers=admin_headers(client)
+    )
+    assert audit.json()["items"][0]["detail"] == {"images": 3, "gradcam": False}
     for result in results:
         confidences = [d["confidence"] for d in result["detections"]]
         assert confidences == sorted(confidences, reverse=True)
@@ -215,7 +227,7 @@ def test_patients_may_not_classify(client: TestClient, brain_plane: np.ndarray) 
 
 
 def test_a_picture_over_the_limit_is_413(tmp_path: Path, brain_plane: np.ndarray) -> None:
-    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_upload_mb=0.001)
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_request_mb=0.001)
     with running_app(settings) as client:
         staff = add_user(client, "clin", "clinician")
         big = png(brain_plane, (512, 512))

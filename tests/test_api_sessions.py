@@ -1,16 +1,19 @@
 """Ending sessions and slowing password guessing: token revocation and sign-in throttling, on
-SQLite and PostgreSQL."""
+SQLite and PostgreSQL; the client address the throttle counts, behind uvicorn."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from api.throttle import MAX_KEYS, LoginThrottle
-from neurogate.settings import Settings
+from neurogate.settings import ApiSettings, Settings
 from tests.test_api_support import (
     ADMIN,
     PASSWORD,
@@ -20,6 +23,7 @@ from tests.test_api_support import (
     bearer,
     error_code,
     running_app,
+    served,
 )
 
 MAX_FAILURES = 3
@@ -128,3 +132,55 @@ def test_the_throttle_remembers_a_bounded_number_of_accounts() -> None:
     assert len(throttle._failures) == MAX_KEYS
     assert throttle.retry_after(throttle.key("user0", "10.0.0.7")) is None  # forgotten first
     assert throttle.retry_after(throttle.key(f"user{MAX_KEYS + 9}", "10.0.0.7")) is not None
+
+
+def _failed_sign_in_clients(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        getattr(record, "client", "")
+        for record in caplog.records
+        if record.getMessage() == "failed sign-in"
+    ]
+
+
+def test_a_rotating_x_forwarded_for_from_an_untrusted_peer_is_still_throttled(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = api_settings(tmp_path, sqlite_url, login_max_failures=MAX_FAILURES)
+    caplog.set_level(logging.WARNING, logger="api.routes.auth")
+    with served(settings) as base, httpx.Client(base_url=base, timeout=30) as http:
+        statuses = [
+            http.post(
+                "/api/auth/login",
+                json={"username": ADMIN[0], "password": "guess"},
+                headers={"X-Forwarded-For": f"203.0.113.{n}"},
+            ).status_code
+            for n in range(MAX_FAILURES + 2)
+        ]
+    assert statuses == [401] * MAX_FAILURES + [429, 429]
+    assert _failed_sign_in_clients(caplog) == ["127.0.0.1"] * MAX_FAILURES  # the real peer
+
+
+def test_behind_a_trusted_proxy_the_forwarded_client_is_counted(
+    tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = api_settings(
+        tmp_path, sqlite_url, login_max_failures=MAX_FAILURES, trusted_proxies=["127.0.0.0/8"]
+    )
+    caplog.set_level(logging.WARNING, logger="api.routes.auth")
+    wrong = {"username": ADMIN[0], "password": "guess"}
+    with served(settings) as base, httpx.Client(base_url=base, timeout=30) as http:
+        behind = {"X-Forwarded-For": "198.51.100.7"}
+        for _ in range(MAX_FAILURES):
+            assert http.post("/api/auth/login", json=wrong, headers=behind).status_code == 401
+        assert http.post("/api/auth/login", json=wrong, headers=behind).status_code == 429
+        # Another client behind the same proxy is not locked out; a spoofed address in front
+        # of the proxy's own entry is not believed (the proxy appends the real one).
+        other = {"X-Forwarded-For": "198.51.100.7, 198.51.100.8"}
+        assert http.post("/api/auth/login", json=wrong, headers=other).status_code == 401
+    assert _failed_sign_in_clients(caplog) == ["198.51.100.7"] * MAX_FAILURES + ["198.51.100.8"]
+
+
+@pytest.mark.parametrize("proxies", ["*", "proxy.example", "10.0.0.300"])
+def test_trusted_proxies_must_be_addresses_or_networks(proxies: str) -> None:
+    with pytest.raises(ValidationError, match="trusted_proxies"):
+        ApiSettings.model_validate({"trusted_proxies": proxies})

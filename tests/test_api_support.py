@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi.testclient import TestClient
+from pydicom import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.security import PasswordHasher
+from api.server import uvicorn_config
 from neurogate.db.models import (
     Analysis,
     Export,
@@ -24,7 +31,7 @@ from neurogate.db.models import (
     User,
 )
 from neurogate.settings import ApiSettings, Settings
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 
 ADMIN = ("admin", "admin-password-1")
 PASSWORD = "a-long-password"
@@ -46,6 +53,25 @@ def running_app(settings: Settings, **kwargs: Any) -> Iterator[TestClient]:
     app = create_app(settings, **kwargs)
     with TestClient(app) as client:
         yield client
+
+
+@contextmanager
+def served(settings: Settings) -> Iterator[str]:
+    """The app behind uvicorn, configured as ``neurogate api`` configures it; its base URL."""
+    port = free_port()
+    settings = settings.model_copy(update={"api": settings.api.model_copy(update={"port": port})})
+    server = uvicorn.Server(uvicorn_config(create_app(settings, bcrypt_rounds=4), settings))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def sessions_of(client: TestClient) -> sessionmaker[Session]:
@@ -194,3 +220,24 @@ def empty_filename_part(field: str) -> tuple[bytes, dict[str, str]]:
         f"data\r\n--{boundary}--\r\n"
     ).encode()
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+PDF_DOCUMENT = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
+def write_pdf_report(client: TestClient, settings: Settings) -> bytes:
+    """The Encapsulated PDF file of the one PDF result object (see :func:`add_study`); the PDF."""
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.104.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocument = PDF_DOCUMENT + b"\x00"  # padded to even length, as DICOM does
+    ds.file_meta = Dataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with sessions_of(client)() as session:
+        path = session.scalars(select(ResultObject.path).where(ResultObject.kind == "pdf")).one()
+    (settings.storage_root / path).parent.mkdir(parents=True)
+    ds.save_as(settings.storage_root / path, enforce_file_format=True)
+    return PDF_DOCUMENT

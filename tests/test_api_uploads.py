@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from neurogate.db.models import OutboxEvent, Patient, Study, Upload
+from neurogate.db.models import AuditEvent, OutboxEvent, Patient, Study, Upload
 from neurogate.settings import Settings
 from schemas.events import AnalysisRequested, parse_event
 from tests.test_api_support import (
@@ -86,6 +86,15 @@ def test_a_brats_named_upload_becomes_a_study_and_an_analysis_request(
     for index, modality in enumerate(MODALITIES):
         stored = settings.storage_root / event.nifti_files[modality.upper()]
         assert stored.read_bytes() == nifti_bytes(index)
+    with sessions_of(client)() as session:
+        audited = session.scalars(select(AuditEvent).where(AuditEvent.action == "study.upload"))
+        [recorded] = audited.all()
+    assert (recorded.username, recorded.study_instance_uid, recorded.patient_id) == (
+        "clin",
+        uid,
+        "MRN-7",
+    )
+    assert recorded.detail == {"roles": ["FLAIR", "T1", "T1CE", "T2"]}
 
     listed = client.get("/api/studies", headers=staff).json()["items"]
     assert [(s["study_instance_uid"], s["source"]) for s in listed] == [(uid, "upload")]

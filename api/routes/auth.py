@@ -19,11 +19,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import ContextDep, CurrentUser, SessionDep, revoke_tokens, unauthorized
+from api.audit import AuditAction, AuditObject
+from api.deps import (
+    AuditDep,
+    ContextDep,
+    CurrentUser,
+    SessionDep,
+    peer_address,
+    revoke_tokens,
+    unauthorized,
+)
 from api.errors import ApiError, ErrorCode, responses
 from api.schemas import LoginRequest, MeUpdate, RegisterRequest, Role, Token, UserOut
 from api.views import user_out
-from neurogate.db.models import User
+from neurogate.db.models import AuditOutcome, User
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/auth", tags=["auth"])
@@ -72,6 +81,7 @@ def login(
     request: Request,
     context: ContextDep,
     session: SessionDep,
+    auditor: AuditDep,
     credentials: Annotated[LoginRequest, Depends(login_credentials)],
 ) -> Token:
     """An access token for a username and password (OAuth2 password flow, or JSON).
@@ -80,8 +90,20 @@ def login(
     ``api.login_window_seconds``, that client's sign-ins to the account get 429 with
     ``Retry-After`` (the password is then not even checked) until the window has moved on.
     """
-    client = request.client.host if request.client is not None else None
+    client = peer_address(request)
     throttle = context.login_throttle
+
+    def failed(reason: str, user: User | None = None) -> None:
+        auditor.record(
+            AuditAction.LOGIN,
+            AuditObject.USER,
+            user=user,
+            username=credentials.username,
+            object_id=credentials.username,
+            outcome=AuditOutcome.FAILURE,
+            detail={"reason": reason},
+        )
+
     key = throttle.key(credentials.username, client)
     wait = throttle.retry_after(key)
     if wait is not None:
@@ -90,6 +112,7 @@ def login(
             "sign-in refused: too many failures",
             extra={"username": credentials.username, "client": client, "retry_after": seconds},
         )
+        failed("throttled")
         raise ApiError(
             429,
             ErrorCode.TOO_MANY_REQUESTS,
@@ -101,23 +124,29 @@ def login(
     if user is None or not ok:
         throttle.failed(key)
         log.warning("failed sign-in", extra={"username": credentials.username, "client": client})
+        failed("unknown account" if user is None else "wrong password")
         raise unauthorized("incorrect username or password")
     throttle.succeeded(key)
     if not user.active:
+        failed("account not active", user)
         raise ApiError(403, ErrorCode.FORBIDDEN, "account is not active (awaiting an admin?)")
     token = context.tokens.issue(user_id=user.id, role=user.role, version=user.token_version)
+    auditor.record(AuditAction.LOGIN, AuditObject.USER, user=user, object_id=user.username)
     return Token(access_token=token, expires_in=context.tokens.lifetime_seconds)
 
 
 @router.post("/logout", status_code=204, responses=responses(401))
-def logout(session: SessionDep, user: CurrentUser) -> None:
+def logout(session: SessionDep, auditor: AuditDep, user: CurrentUser) -> None:
     """Sign out everywhere: every access token of the account stops working."""
     revoke_tokens(user)
     session.commit()
+    auditor.record(AuditAction.LOGOUT, AuditObject.USER, user=user, object_id=user.username)
 
 
 @router.post("/register", status_code=201, response_model=UserOut, responses=responses(409, 422))
-def register(context: ContextDep, session: SessionDep, body: RegisterRequest) -> UserOut:
+def register(
+    context: ContextDep, session: SessionDep, auditor: AuditDep, body: RegisterRequest
+) -> UserOut:
     """Ask for a clinician account; it can sign in once an admin has activated it."""
     user = User(
         username=body.username,
@@ -132,6 +161,13 @@ def register(context: ContextDep, session: SessionDep, body: RegisterRequest) ->
         created_at=queries.now(),
     )
     add_user(session, user)
+    auditor.record(
+        AuditAction.REGISTER,
+        AuditObject.USER,
+        username=user.username,
+        object_id=user.username,
+        detail={"role": user.role, "active": False},
+    )
     return user_out(user)
 
 
@@ -158,7 +194,7 @@ def me(user: CurrentUser) -> UserOut:
 
 @router.put("/me", response_model=UserOut, responses=responses(401, 403, 409, 422))
 def update_me(
-    context: ContextDep, session: SessionDep, user: CurrentUser, body: MeUpdate
+    context: ContextDep, session: SessionDep, auditor: AuditDep, user: CurrentUser, body: MeUpdate
 ) -> UserOut:
     """Change one's profile, or one's password (the current password is then required; the
     account's tokens, this one included, stop working: sign in again with the new password)."""
@@ -180,4 +216,12 @@ def update_me(
     except IntegrityError as exc:
         session.rollback()
         raise ApiError(409, ErrorCode.CONFLICT, "email already registered") from exc
+    fields = sorted(changes) + (["password"] if body.password is not None else [])
+    auditor.record(
+        AuditAction.USER_UPDATE,
+        AuditObject.USER,
+        user=user,
+        object_id=user.username,
+        detail={"fields": fields},
+    )
     return user_out(user)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import time
 
@@ -11,7 +12,8 @@ from fastapi import APIRouter
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.requests import Request
 
-from api.deps import ContextDep, StaffUser
+from api.audit import AuditAction, AuditObject
+from api.deps import AuditDep, ContextDep, StaffUser
 from api.errors import ApiError, ErrorCode, responses
 from api.imaging import check_file_type, decode_base64, decode_plane, png_base64
 from api.inference import Classifier, ClassifierUnavailable
@@ -77,6 +79,12 @@ async def _uploaded_picture(request: Request) -> tuple[str, bytes]:
     return upload.filename, data
 
 
+def _fingerprint(data: bytes) -> str:
+    """What the audit trail calls an uploaded picture: a hash, never its pixels or file name
+    (a name may be a patient's)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def _display(image: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
@@ -123,7 +131,9 @@ def _explained(classifier: Classifier, image: np.ndarray) -> ClassifyOut:
     openapi_extra=_CLASSIFY_BODY,
     responses=responses(400, 401, 403, 413, 415, 422, 500),
 )
-async def classify(_staff: StaffUser, context: ContextDep, request: Request) -> ClassifyOut:
+async def classify(
+    staff: StaffUser, context: ContextDep, auditor: AuditDep, request: Request
+) -> ClassifyOut:
     """Classify one picture (PNG, JPEG, GIF, BMP, WebP or DICOM) and explain it with Grad-CAM."""
     from starlette.concurrency import run_in_threadpool
 
@@ -135,13 +145,23 @@ async def classify(_staff: StaffUser, context: ContextDep, request: Request) -> 
     except ClassifierUnavailable as exc:
         raise _classification_error(exc) from exc
     context.metrics.classifications.inc()
+    await run_in_threadpool(
+        auditor.record,
+        AuditAction.IMAGE_CLASSIFY,
+        AuditObject.IMAGE,
+        user=staff,
+        object_id=_fingerprint(data),
+        detail={"images": 1, "gradcam": True, "class": result.class_},
+    )
     return result
 
 
 @router.post(
     "/predict", response_model=PredictOut, responses=responses(400, 401, 403, 413, 422, 500)
 )
-def predict(_staff: StaffUser, context: ContextDep, body: PredictRequest) -> PredictOut:
+def predict(
+    staff: StaffUser, context: ContextDep, auditor: AuditDep, body: PredictRequest
+) -> PredictOut:
     """Classify base64 pictures, all in one batch; each result lists every class, best first."""
     planes = []
     for index, value in enumerate(body.image):
@@ -155,6 +175,13 @@ def predict(_staff: StaffUser, context: ContextDep, body: PredictRequest) -> Pre
     except ClassifierUnavailable as exc:
         raise _classification_error(exc) from exc
     context.metrics.classifications.inc(len(planes))
+    auditor.record(
+        AuditAction.IMAGE_CLASSIFY,
+        AuditObject.IMAGE,
+        user=staff,
+        object_id=_fingerprint("".join(body.image).encode()),
+        detail={"images": len(planes), "gradcam": False},
+    )
     labels = context.classifier.manifest().labels
     return PredictOut(
         results=[

@@ -10,7 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import CurrentUser, Limit, Offset, SessionDep, StaffUser
+from api.audit import AuditAction, AuditObject, Auditor
+from api.deps import AuditDep, CurrentUser, Limit, Offset, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, not_found, responses
 from api.schemas import (
     PATIENT_ID_PATTERN,
@@ -27,7 +28,7 @@ from api.schemas import (
     VolumeChange,
 )
 from api.views import patient_out, study_out
-from neurogate.db.models import Patient, User
+from neurogate.db.models import AuditOutcome, Patient, User
 
 router = APIRouter(prefix="/api/patients", tags=["patients"], responses=responses(401, 403, 422))
 
@@ -45,17 +46,26 @@ def own_patient_id(user: User) -> str | None:
 def list_patients(
     user: CurrentUser,
     session: SessionDep,
+    auditor: AuditDep,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[PatientOut]:
     patients, total = queries.list_patients(
         session, limit=limit, offset=offset, only=own_patient_id(user)
     )
+    auditor.record(
+        AuditAction.PATIENT_QUERY,
+        AuditObject.PATIENT,
+        user=user,
+        detail={"patients": [p.patient_id for p in patients]},
+    )
     return Page(items=[patient_out(p) for p in patients], total=total, limit=limit, offset=offset)
 
 
 @router.post("", status_code=201, response_model=PatientOut, responses=responses(409))
-def create_patient(_staff: StaffUser, session: SessionDep, body: PatientCreate) -> PatientOut:
+def create_patient(
+    staff: StaffUser, session: SessionDep, auditor: AuditDep, body: PatientCreate
+) -> PatientOut:
     """Register a patient; without ``patient_id`` the node assigns one."""
     patient_id = body.patient_id or queries.new_patient_id(session)
     if queries.patient_by_id(session, patient_id=patient_id) is not None:
@@ -73,6 +83,13 @@ def create_patient(_staff: StaffUser, session: SessionDep, body: PatientCreate) 
     except IntegrityError as exc:
         session.rollback()
         raise ApiError(409, ErrorCode.CONFLICT, "a patient with that ID exists already") from exc
+    auditor.record(
+        AuditAction.PATIENT_CREATE,
+        AuditObject.PATIENT,
+        user=staff,
+        object_id=patient.patient_id,
+        patient_id=patient.patient_id,
+    )
     return patient_out(patient)
 
 
@@ -85,10 +102,37 @@ def readable_patient(session: Session, user: User, patient_id: str) -> Patient:
     return patient
 
 
+def audited_patient(
+    session: Session, user: User, patient_id: str, auditor: Auditor, view: str
+) -> Patient:
+    """:func:`readable_patient`, with the read (or the refused attempt) in the audit trail."""
+    try:
+        patient = readable_patient(session, user, patient_id)
+    except ApiError:
+        outcome, detail = AuditOutcome.FAILURE, {"view": view, "reason": "not found"}
+        patient = None
+    else:
+        outcome, detail = AuditOutcome.SUCCESS, {"view": view}
+    auditor.record(
+        AuditAction.PATIENT_READ,
+        AuditObject.PATIENT,
+        user=user,
+        object_id=patient_id,
+        patient_id=patient_id,
+        outcome=outcome,
+        detail=detail,
+    )
+    if patient is None:
+        raise not_found("patient")
+    return patient
+
+
 @router.get("/{patient_id}/follow-up", response_model=FollowUpOut, responses=responses(404))
-def follow_up(user: CurrentUser, session: SessionDep, patient_id: PatientIdPath) -> FollowUpOut:
+def follow_up(
+    user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_id: PatientIdPath
+) -> FollowUpOut:
     """Segmented tumour volumes across the patient's completed analyses, and their changes."""
-    patient = readable_patient(session, user, patient_id)
+    patient = audited_patient(session, user, patient_id, auditor, "follow-up")
     rows, _ = queries.list_studies(
         session,
         patient_id=patient.patient_id,
@@ -135,9 +179,11 @@ def _change(previous: float, current: float) -> VolumeChange:
 
 
 @router.get("/{patient_id}", response_model=PatientDetail, responses=responses(404))
-def get_patient(user: CurrentUser, session: SessionDep, patient_id: PatientIdPath) -> PatientDetail:
+def get_patient(
+    user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_id: PatientIdPath
+) -> PatientDetail:
     """The patient with its studies (newest first) and their latest analyses."""
-    patient = readable_patient(session, user, patient_id)
+    patient = audited_patient(session, user, patient_id, auditor, "detail")
     rows, _ = queries.list_studies(session, patient_id=patient.patient_id, limit=500)
     return PatientDetail(
         **patient_out(patient).model_dump(), studies=[study_out(row) for row in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -12,10 +13,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api import queries
 from api.context import ApiContext
-from api.deps import ContextDep, CurrentUser, SessionDep
+from api.deps import AdminUser, ContextDep, CurrentUser, SessionDep
 from api.errors import responses
+from api.inference import ClassifierUnavailable
 from api.routes.patients import own_patient_id
-from api.schemas import ApiInfo, Check, HealthOut, HealthState
+from api.schemas import ApiInfo, Check, HealthOut, HealthState, HealthSummary
 from models.registry import Task, manifest_for
 from neurogate.outbox import pending_count
 
@@ -91,23 +93,55 @@ def health_report(context: ApiContext) -> HealthOut:
     return HealthOut(status=status, checks=checks)
 
 
-_HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    503: {"model": HealthOut, "description": "The database is unreachable"}
+def _status_code(status: HealthState) -> int:
+    return 503 if status is HealthState.UNHEALTHY else 200
+
+
+def _class_count(context: ApiContext) -> int:
+    try:
+        return len(context.classifier.manifest().labels)
+    except ClassifierUnavailable:
+        return 0
+
+
+_SUMMARY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {"model": HealthSummary, "description": "The database is unreachable"}
 }
 
 
-@router.get("/api/health", response_model=HealthOut, responses=_HEALTH_RESPONSES)
+@router.get("/api/health", response_model=HealthSummary, responses=_SUMMARY_RESPONSES)
 def health(context: ContextDep) -> JSONResponse:
-    """Database, models and export destinations: healthy, degraded (200) or unhealthy (503)."""
+    """Healthy, degraded (200) or unhealthy (503: no database); for anyone, so without names,
+    paths or versions (admins read those at ``/api/health/details``)."""
     report = health_report(context)
-    code = 503 if report.status is HealthState.UNHEALTHY else 200
-    return JSONResponse(report.model_dump(mode="json"), status_code=code)
+    summary = HealthSummary(
+        status=report.status,
+        model_loaded=context.classifier.loaded,
+        classes=_class_count(context),
+        uptime_seconds=round(time.monotonic() - context.started, 1),
+    )
+    return JSONResponse(summary.model_dump(mode="json"), status_code=_status_code(report.status))
 
 
-@router.get("/healthcheck", response_model=HealthOut, responses=_HEALTH_RESPONSES)
+@router.get("/healthcheck", response_model=HealthSummary, responses=_SUMMARY_RESPONSES)
 def healthcheck(context: ContextDep) -> JSONResponse:
     """The same as ``/api/health``, where load balancers look for it."""
     return health(context)
+
+
+@router.get(
+    "/api/health/details",
+    response_model=HealthOut,
+    responses={
+        **responses(401, 403),
+        503: {"model": HealthOut, "description": "The database is unreachable"},
+    },
+)
+def health_details(_admin: AdminUser, context: ContextDep) -> JSONResponse:
+    """Every check with its detail: database (outbox backlog), models (names, versions,
+    weights present), export destinations (names). Admins only."""
+    report = health_report(context)
+    return JSONResponse(report.model_dump(mode="json"), status_code=_status_code(report.status))
 
 
 @router.get(

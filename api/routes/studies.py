@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api import queries
+from api.audit import AuditAction, AuditObject, Auditor
 from api.context import ApiContext
-from api.deps import ContextDep, CurrentUser, Limit, Offset, SessionDep, StaffUser
+from api.deps import AuditDep, ContextDep, CurrentUser, Limit, Offset, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, not_found, responses
 from api.queries import StudyRow
 from api.routes.patients import own_patient_id
@@ -29,7 +30,7 @@ from api.schemas import (
     StudySort,
 )
 from api.views import study_detail, study_out
-from neurogate.db.models import AnalysisStatus, StudyStatus, User
+from neurogate.db.models import AnalysisStatus, AuditOutcome, StudyStatus, User
 from neurogate.outbox import enqueue
 from schemas.events import AnalysisRequested, AnalysisSource, InputFormat
 from schemas.topics import Topic
@@ -52,10 +53,58 @@ def readable_study(session: Session, user: User, study_uid: str) -> StudyRow:
     return row
 
 
+def audited_study(
+    session: Session,
+    user: User,
+    study_uid: str,
+    auditor: Auditor,
+    action: AuditAction,
+    detail: dict[str, Any] | None = None,
+) -> StudyRow:
+    """:func:`readable_study`; a refused attempt goes into the audit trail (a success is
+    recorded by the route, once it has done what was asked)."""
+    try:
+        return readable_study(session, user, study_uid)
+    except ApiError:
+        auditor.record(
+            action,
+            AuditObject.STUDY,
+            user=user,
+            object_id=study_uid,
+            study_uid=study_uid,
+            outcome=AuditOutcome.FAILURE,
+            detail={**(detail or {}), "reason": "not found"},
+        )
+        raise
+
+
+def _record_study(
+    auditor: Auditor,
+    action: AuditAction,
+    user: User,
+    row: StudyRow,
+    detail: dict[str, Any] | None = None,
+    *,
+    object_type: AuditObject = AuditObject.STUDY,
+    object_id: str | None = None,
+) -> None:
+    uid = row.study.study_instance_uid
+    auditor.record(
+        action,
+        object_type,
+        user=user,
+        object_id=object_id or uid,
+        study_uid=uid,
+        patient_id=row.study.patient_id,
+        detail=detail,
+    )
+
+
 @router.get("", response_model=Page[StudyOut])
 def list_studies(
     user: CurrentUser,
     session: SessionDep,
+    auditor: AuditDep,
     status: Annotated[AnalysisFilter | None, Query(description="latest analysis status")] = None,
     patient_id: Annotated[str | None, Query(max_length=64)] = None,
     date_from: Annotated[IsoDate | None, Query(description="Study Date, inclusive")] = None,
@@ -66,6 +115,7 @@ def list_studies(
 ) -> Page[StudyOut]:
     """Scan history: studies with their latest analysis (findings, result objects, exports)."""
     own = own_patient_id(user)
+    filters = {"patient_id": patient_id, "status": status, "from": date_from, "to": date_to}
     if own is not None:
         if patient_id not in (None, own):
             return Page(items=[], total=0, limit=limit, offset=offset)
@@ -80,14 +130,30 @@ def list_studies(
         limit=limit,
         offset=offset,
     )
+    auditor.record(
+        AuditAction.STUDY_QUERY,
+        AuditObject.STUDY,
+        user=user,
+        patient_id=patient_id,
+        detail={
+            "filters": {k: str(v) for k, v in filters.items() if v is not None},
+            "studies": [r.study.study_instance_uid for r in rows],
+            "patients": sorted({r.study.patient_id for r in rows if r.study.patient_id}),
+        },
+    )
     return Page(items=[study_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
 @router.get("/{study_uid}", response_model=StudyDetail, responses=responses(404))
-def get_study(user: CurrentUser, session: SessionDep, study_uid: StudyUid) -> StudyDetail:
+def get_study(
+    user: CurrentUser, session: SessionDep, auditor: AuditDep, study_uid: StudyUid
+) -> StudyDetail:
     """One study: its series, its latest analysis and the history of its analyses."""
-    row = readable_study(session, user, study_uid)
-    return study_detail(row, list(queries.analyses_of(session, study_uid=study_uid)))
+    row = audited_study(session, user, study_uid, auditor, AuditAction.STUDY_READ)
+    detail = study_detail(row, list(queries.analyses_of(session, study_uid=study_uid)))
+    series = [s.series_instance_uid for s in detail.series]
+    _record_study(auditor, AuditAction.STUDY_READ, user, row, {"series": series})
+    return detail
 
 
 @router.post(
@@ -97,10 +163,14 @@ def get_study(user: CurrentUser, session: SessionDep, study_uid: StudyUid) -> St
     responses=responses(404, 409),
 )
 def reanalyze(
-    staff: StaffUser, context: ContextDep, session: SessionDep, study_uid: StudyUid
+    staff: StaffUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    study_uid: StudyUid,
 ) -> Accepted:
     """Analyse the study again (the request goes to the workers through the outbox)."""
-    row = readable_study(session, staff, study_uid)
+    row = audited_study(session, staff, study_uid, auditor, AuditAction.REANALYZE)
     study = row.study
     if study.status != StudyStatus.COMPLETE:
         raise ApiError(409, ErrorCode.CONFLICT, "the study is still being received")
@@ -116,19 +186,25 @@ def reanalyze(
     enqueue(session, topic=Topic.ANALYSIS_REQUESTED, key=study_uid, event=event)
     session.commit()
     context.on_change()
+    _record_study(auditor, AuditAction.REANALYZE, staff, row, {"event_id": str(event.event_id)})
     return Accepted(study_instance_uid=study_uid, event_id=str(event.event_id))
 
 
 @router.post("/{study_uid}/resend", response_model=ResendOut, responses=responses(404))
 def resend(
-    staff: StaffUser, context: ContextDep, session: SessionDep, study_uid: StudyUid
+    staff: StaffUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    study_uid: StudyUid,
 ) -> ResendOut:
     """Send the study's failed result objects again: parked exports go back to pending."""
-    readable_study(session, staff, study_uid)
+    row = audited_study(session, staff, study_uid, auditor, AuditAction.RESEND)
     requeued = queries.requeue_failed_exports(session, study_uid=study_uid)
     session.commit()
     if requeued:
         context.on_change()
+    _record_study(auditor, AuditAction.RESEND, staff, row, {"requeued": requeued})
     return ResendOut(study_instance_uid=study_uid, requeued=requeued)
 
 
@@ -141,12 +217,16 @@ def resend(
     },
 )
 def report(
-    user: CurrentUser, context: ContextDep, session: SessionDep, study_uid: StudyUid
+    user: CurrentUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    study_uid: StudyUid,
 ) -> Response:
     """The newest PDF report of the study (the document inside the Encapsulated PDF)."""
     from pydicom import dcmread
 
-    readable_study(session, user, study_uid)
+    row = audited_study(session, user, study_uid, auditor, AuditAction.REPORT_DOWNLOAD)
     obj = queries.pdf_report(session, study_uid=study_uid)
     if obj is None:
         raise not_found("report")
@@ -157,6 +237,15 @@ def report(
         raise not_found("report file") from exc
     if document.endswith(_PDF_PAD) and b"%%EOF" in document[-16:]:
         document = document.rstrip(_PDF_PAD)
+    _record_study(
+        auditor,
+        AuditAction.REPORT_DOWNLOAD,
+        user,
+        row,
+        {"bytes": len(document)},
+        object_type=AuditObject.REPORT,
+        object_id=obj.sop_instance_uid,
+    )
     return Response(
         document,
         media_type="application/pdf",
@@ -176,12 +265,15 @@ def events(
     user: CurrentUser,
     context: ContextDep,
     session: SessionDep,
+    auditor: AuditDep,
     study_uid: StudyUid,
     request: Request,
 ) -> StreamingResponse:
     """Server-Sent Events: the latest analysis' status whenever it changes, until it is
     completed or failed (the database is looked at every second)."""
-    readable_study(session, user, study_uid)
+    view = {"view": "status events"}
+    row = audited_study(session, user, study_uid, auditor, AuditAction.STUDY_READ, view)
+    _record_study(auditor, AuditAction.STUDY_READ, user, row, view)
     return StreamingResponse(
         _status_stream(context, study_uid, request),
         media_type="text/event-stream",

@@ -24,7 +24,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from api import queries
-from api.deps import ContextDep, SessionDep, StaffUser
+from api.audit import AuditAction, AuditObject
+from api.deps import AuditDep, ContextDep, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, responses
 from api.schemas import PATIENT_ID_PATTERN, UploadOut
 from neurogate.db.models import Patient, Study, StudyStatus, Upload
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["uploads"])
 
 UPLOADS_DIR = "uploads"
+UPLOAD_PATH = "/api/process-mri"  # the one route with api.max_upload_mb (api.limits)
 ROLES = ("T1", "T1CE", "T2", "FLAIR")
 _ROLE_ALIASES = {"t1": "T1", "t1ce": "T1CE", "t1c": "T1CE", "t1gd": "T1CE", "t2": "T2"}
 _ROLE_ALIASES["flair"] = "FLAIR"
@@ -156,14 +158,18 @@ def _store(files: dict[str, tuple[UploadFile, str]], folder: Path) -> None:
 
 
 @router.post(
-    "/api/process-mri",
+    UPLOAD_PATH,
     status_code=202,
     response_model=UploadOut,
     openapi_extra=_PROCESS_BODY,
     responses=responses(400, 401, 403, 413, 415, 422),
 )
 async def process_mri(
-    staff: StaffUser, context: ContextDep, session: SessionDep, request: Request
+    staff: StaffUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    request: Request,
 ) -> UploadOut:
     """Upload NIfTI volumes of one study (any of T1, T1CE, T2, FLAIR) for analysis."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
@@ -193,6 +199,16 @@ async def process_mri(
         raise
     context.on_change()
     log.info("upload accepted", extra={"study_uid": study_uid, "roles": sorted(files)})
+    await run_in_threadpool(
+        auditor.record,
+        AuditAction.UPLOAD,
+        AuditObject.STUDY,
+        user=staff,
+        object_id=study_uid,
+        study_uid=study_uid,
+        patient_id=out.patient_id,
+        detail={"roles": sorted(files)},
+    )
     return out
 
 

@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from sqlalchemy.orm import Session
 
 from api import queries
-from api.deps import AdminUser, ContextDep, Limit, Offset, SessionDep, revoke_tokens
+from api.audit import AuditAction, AuditObject
+from api.deps import AdminUser, AuditDep, ContextDep, Limit, Offset, SessionDep, revoke_tokens
 from api.errors import ApiError, ErrorCode, not_found, responses
 from api.routes.auth import add_user
 from api.schemas import Page, Role, UserCreate, UserOut, UserUpdate
@@ -43,7 +44,7 @@ def list_users(
 
 @router.post("", status_code=201, response_model=UserOut, responses=responses(404, 409))
 def create_user(
-    _admin: AdminUser, context: ContextDep, session: SessionDep, body: UserCreate
+    admin: AdminUser, context: ContextDep, session: SessionDep, auditor: AuditDep, body: UserCreate
 ) -> UserOut:
     """Create an account of any role; patient accounts are linked to an existing patient."""
     patient = _patient_link(session, body.role, body.patient_id)
@@ -61,6 +62,14 @@ def create_user(
         created_at=queries.now(),
     )
     add_user(session, user)
+    auditor.record(
+        AuditAction.USER_CREATE,
+        AuditObject.USER,
+        user=admin,
+        object_id=user.username,
+        patient_id=body.patient_id,
+        detail={"role": user.role, "active": user.active},
+    )
     return user_out(user)
 
 
@@ -78,7 +87,12 @@ def get_user(_admin: AdminUser, session: SessionDep, username: str) -> UserOut:
 
 @router.put("/{username}", response_model=UserOut, responses=responses(404, 409))
 def update_user(
-    _admin: AdminUser, context: ContextDep, session: SessionDep, username: str, body: UserUpdate
+    admin: AdminUser,
+    context: ContextDep,
+    session: SessionDep,
+    auditor: AuditDep,
+    username: str,
+    body: UserUpdate,
 ) -> UserOut:
     """Activate or deactivate, change role, link a patient, reset the password, edit profile.
 
@@ -87,13 +101,14 @@ def update_user(
     user = _user(session, username)
     changes = body.model_dump(exclude_unset=True, exclude={"password", "role", "patient_id"})
     role = body.role if body.role is not None else Role(user.role)
+    linked = user.patient.patient_id if user.patient is not None else None
     if "role" in body.model_fields_set or "patient_id" in body.model_fields_set:
-        current = user.patient.patient_id if user.patient is not None else None
-        patient_id = body.patient_id if "patient_id" in body.model_fields_set else current
+        patient_id = body.patient_id if "patient_id" in body.model_fields_set else linked
         if role is not Role.PATIENT and "patient_id" not in body.model_fields_set:
             patient_id = None
         patient = _patient_link(session, role, patient_id)
         user.patient_ref = patient.id if patient is not None else None
+        linked = patient.patient_id if patient is not None else None
     losing_admin = user.role == Role.ADMIN.value and (
         role is not Role.ADMIN or changes.get("active") is False
     )
@@ -115,4 +130,17 @@ def update_user(
     if revoke:
         revoke_tokens(user)
     session.commit()
+    auditor.record(
+        AuditAction.USER_UPDATE,
+        AuditObject.USER,
+        user=admin,
+        object_id=user.username,
+        patient_id=linked,
+        detail={
+            "fields": sorted(body.model_fields_set),  # names only: never a password
+            "role": user.role,
+            "active": user.active,
+            "sessions_ended": revoke,
+        },
+    )
     return user_out(user)

@@ -288,3 +288,36 @@ class Upload(Base):
     files: Mapped[dict[str, Any]] = mapped_column(JSON)
     uploaded_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime]
+
+
+class AuditOutcome:
+    """Values of ``AuditEvent.outcome``."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # refused, not found, wrong password: the attempt is recorded too
+
+
+class AuditEvent(Base):
+    """Who read, exported or changed what, when and from where (IHE ATNA in spirit).
+
+    Append-only: the API only inserts; on PostgreSQL and SQLite a trigger refuses UPDATE and
+    DELETE (migration 0006). Rows name studies, patients and accounts by their identifiers and
+    never hold pixel data, names or passwords.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(index=True)
+    # The account that acted (for a failed sign-in: the username tried) and its role then.
+    username: Mapped[str | None] = mapped_column(String(64), index=True)
+    role: Mapped[str | None] = mapped_column(String(16))
+    peer: Mapped[str | None] = mapped_column(String(64))  # client address (see trusted_proxies)
+    action: Mapped[str] = mapped_column(String(32))  # api.audit.AuditAction
+    object_type: Mapped[str] = mapped_column(String(16))  # study, report, image, user, ...
+    object_id: Mapped[str | None] = mapped_column(String(128))
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))
+    # A few identifiers or counts (a reason, the fields an admin changed); never values of them.
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
