@@ -89,7 +89,7 @@ def _existing_database(settings: Settings) -> tuple[Engine, sessionmaker[Session
 def service_problems(settings: Settings, names: Sequence[str]) -> list[Problem]:
     """What would stop the named services once started, found before anything heavy starts."""
     problems: list[Problem] = []
-    if "api" in names:
+    if "api" in names and settings.profile == "production":
         from api.security import TokenIssuer
 
         try:
@@ -277,6 +277,86 @@ def cmd_create_admin(settings: Settings, username: str, password_stdin: bool) ->
     return 0
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Make a synthetic study, send it to the running node, say where its results show up."""
+    import time
+
+    from neurogate import demo
+
+    started = time.monotonic()
+    out: Path = args.out or settings.data_dir / "demo"
+    host = args.host or demo.reachable(settings.listener.host)
+    port = args.port or settings.listener.port
+    called_ae = args.called_ae or settings.listener.ae_title
+    try:
+        demo.check_node(host=host, port=port, called_ae=called_ae)
+        print(f"making a synthetic {args.tumour} study ({args.voxel_mm:g} mm) under {out} ...")
+        folder = demo.make_study(
+            out, seed=args.seed, tumour_type=args.tumour, voxel_mm=args.voxel_mm
+        )
+        made = time.monotonic()
+        sent = demo.send_study(folder, host=host, port=port, called_ae=called_ae)
+    except demo.DemoFailed as exc:
+        raise CommandFailed(f"demo: {exc}") from exc
+    print(
+        f"made in {made - started:.1f} s; sent {sent.instances - sent.refused} of "
+        f"{sent.instances} instances ({sent.series} series) to {called_ae}@{host}:{port} in "
+        f"{time.monotonic() - made:.1f} s; study {sent.study_instance_uid}"
+    )
+    if sent.refused:
+        print(f"the node refused {sent.refused} instances: its log says why")
+    print("where to look:")
+    print("\n".join(demo.where_to_look(settings, sent.study_instance_uid)))
+    if args.wait <= 0:
+        return 0
+    return _wait_for_demo(settings, sent.study_instance_uid, args.wait, started)
+
+
+def _wait_for_demo(settings: Settings, study_uid: str, timeout_s: float, started: float) -> int:
+    import time
+
+    from sqlalchemy import select
+
+    from neurogate import demo
+    from neurogate.db.models import Analysis
+
+    try:
+        engine, sessions = _existing_database(settings)
+    except CommandFailed as exc:
+        print(f"not waiting for the findings: {exc}")
+        return 0
+
+    def latest() -> tuple[str, dict[str, object] | None] | None:
+        with sessions() as session:
+            row = session.scalars(
+                select(Analysis)
+                .where(Analysis.study_instance_uid == study_uid)
+                .order_by(Analysis.id.desc())
+                .limit(1)
+            ).first()
+            if row is None:
+                return None
+            return row.status, row.findings if row.status == "completed" else {"error": row.error}
+
+    print(f"waiting up to {timeout_s:.0f} s for the analysis (--wait 0: don't) ...")
+    try:
+        outcome = demo.wait_for_analysis(latest, timeout_s=timeout_s)
+    finally:
+        engine.dispose()
+    elapsed = time.monotonic() - started
+    if outcome is None:
+        raise CommandFailed(
+            f"demo: no finished analysis after {timeout_s:.0f} s; is a worker running? "
+            "(`neurogate studies` shows whether the study is complete)"
+        )
+    status, findings = outcome
+    if status == "failed":
+        raise CommandFailed(f"demo: the analysis failed: {(findings or {}).get('error')}")
+    print(f"findings {elapsed:.1f} s after the demo started:")
+    print("\n".join(demo.summary(findings or {})))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurogate",
@@ -302,6 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
     create_admin.add_argument("username")
     create_admin.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="send a synthetic study to the running node and wait for its findings",
+        description="Make a synthetic brain-MR study (four series), send it to the running "
+        "node with C-STORE inside an MPPS step (as a scanner does), print where its results "
+        "show up and wait for the findings. Needs the `synthetic` extra (scripts/setup).",
+    )
+    demo.add_argument("--host", help="the node's address (default: from the settings)")
+    demo.add_argument("--port", type=int, help="its DICOM port (default: LISTENER__PORT)")
+    demo.add_argument("--called-ae", help="its AE title (default: LISTENER__AE_TITLE)")
+    demo.add_argument(
+        "--tumour",
+        choices=["glioma", "meningioma", "pituitary", "none"],
+        default="glioma",
+        help="what the synthetic case shows (default: %(default)s)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="synthetic case seed (default: 0)")
+    demo.add_argument(
+        "--voxel-mm", type=float, default=2.0, help="resolution of the case (default: 2 mm)"
+    )
+    demo.add_argument("--out", type=Path, help="where to write the study (default: DATA_DIR/demo)")
+    demo.add_argument(
+        "--wait",
+        type=float,
+        default=300.0,
+        help="seconds to wait for the findings in the node's database; 0: don't wait",
     )
     return parser
 
@@ -342,4 +449,6 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_analyze(settings, args.path)
     if args.command == "users":
         return cmd_create_admin(settings, args.username, args.password_stdin)
+    if args.command == "demo":
+        return cmd_demo(settings, args)
     raise AssertionError(f"unhandled command {args.command}")
