@@ -130,7 +130,9 @@ def written_directories(settings: Settings, names: Sequence[str]) -> dict[Path, 
     A container with a read-only root filesystem needs a writable mount at each of these
     (tests/test_deploy.py checks the manifests against it).
     """
-    written = {settings.storage_root: ("NEUROGATE_STORAGE_DIR", "received instances, results")}
+    written: dict[Path, tuple[str, str]] = {}
+    if names:  # every service; `db upgrade` writes the database only
+        written[settings.storage_root] = ("NEUROGATE_STORAGE_DIR", "received instances, results")
     if settings.database_url is None:
         database = Path(settings.sqlalchemy_url.removeprefix("sqlite:///")).parent
         written.setdefault(database, ("NEUROGATE_DATA_DIR", "the embedded SQLite database"))
