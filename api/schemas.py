@@ -279,6 +279,9 @@ class Accepted(BaseModel):
 class ResendOut(BaseModel):
     study_instance_uid: str
     requeued: int  # failed exports set back to pending
+    added: int = 0  # exports to destinations that never had the objects (added since)
+    # Why nothing was queued (requeued and added both 0); None otherwise.
+    reason: str | None = None
 
 
 class UploadOut(Accepted):
