@@ -97,6 +97,14 @@ def service_problems(settings: Settings, names: Sequence[str]) -> list[Problem]:
         except ValueError as exc:
             variable = "NEUROGATE_API__JWT_SECRET"
             problems.append(Problem(variable, str(exc).removeprefix(variable).lstrip(": ")))
+    ports = {
+        "listener": ("LISTENER__PORT", settings.listener.host, settings.listener.port),
+        "api": ("API__PORT", settings.api.host, settings.api.port),
+    }
+    for service, (variable, host, port) in ports.items():
+        taken = _cannot_listen(host, port) if service in names else None
+        if taken:
+            problems.append(Problem(f"NEUROGATE_{variable}", taken))
     if "listener" in names:
         from dicom_listener.affinity import check_cpus
 
@@ -146,6 +154,22 @@ def written_directories(settings: Settings, names: Sequence[str]) -> dict[Path, 
             settings.data_dir.resolve(), ("NEUROGATE_DATA_DIR", "the worker's heartbeat")
         )
     return written
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why a server could not listen on ``host:port`` now (in use, privileged); None: it can."""
+    import socket
+
+    if port == 0:
+        return None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
 
 
 def _missing_file(setting: str, path: Path | None) -> list[Problem]:
@@ -250,7 +274,7 @@ def cmd_analyze(settings: Settings, folder: Path) -> int:
     try:
         study = scan_folder(folder)
         analysis = analyse(study, _load_models(settings))
-    except ValueError as exc:  # the study cannot be analysed (the pipeline says why)
+    except (ValueError, OSError) as exc:  # the study cannot be analysed (the pipeline says why)
         raise CommandFailed(f"analyze: {folder}: {exc}") from exc
     print(analysis.findings.model_dump_json(indent=2))
     return 0

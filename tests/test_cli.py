@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import os
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -143,6 +144,24 @@ def test_a_worker_refuses_to_start_where_it_cannot_write_its_heartbeat(
     assert capsys.readouterr().err.splitlines()[1:] == [
         f"  NEUROGATE_DATA_DIR: {read_only} is not writable (the worker's heartbeat)"
     ]
+
+
+def test_a_port_in_use_is_reported_before_the_service_starts(
+    node_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("NEUROGATE_LISTENER__HOST", "127.0.0.1")
+        monkeypatch.setenv("NEUROGATE_LISTENER__PORT", str(port))
+        monkeypatch.setattr(cli, "cmd_services", _must_not_run)
+        get_settings.cache_clear()
+
+        assert cli.main(["listener"]) == cli.EX_CONFIG
+    assert capsys.readouterr().err.splitlines()[1] == (
+        f"  NEUROGATE_LISTENER__PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 def _must_not_run(*_args: object) -> int:
