@@ -309,6 +309,8 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     from neurogate import demo
 
+    # The demo says itself why it could not reach the node; pynetdicom's errors would repeat it.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     started = time.monotonic()
     out: Path = args.out or settings.data_dir / "demo"
     host = args.host or demo.reachable(settings.listener.host)

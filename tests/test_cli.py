@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,23 @@ from neurogate.settings import get_settings
 
 
 @pytest.fixture
-def node_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def restored_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state; later tests get it back as it was."""
+    root = logging.getLogger()
+    names = ("alembic.runtime.plugins", "highdicom", "pynetdicom", "kafka")
+    handlers, level = root.handlers[:], root.level
+    levels = {n: logging.getLogger(n).level for n in names}
+    routine_filters = logging.getLogger("alembic.runtime.migration").filters[:]
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, saved in levels.items():
+        logging.getLogger(name).setLevel(saved)
+    logging.getLogger("alembic.runtime.migration").filters[:] = routine_filters
+
+
+@pytest.fixture
+def node_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restored_logging: None) -> Path:
     monkeypatch.setenv("NEUROGATE_DATA_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)  # no stray .env
     get_settings.cache_clear()

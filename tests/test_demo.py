@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import sys
 from collections.abc import Iterator
@@ -46,7 +47,9 @@ def node_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("NEUROGATE_DATA_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     get_settings.cache_clear()
+    pynetdicom_level = logging.getLogger("pynetdicom").level  # the demo quietens it
     yield tmp_path
+    logging.getLogger("pynetdicom").setLevel(pynetdicom_level)
     get_settings.cache_clear()
 
 
