@@ -2,7 +2,7 @@
 
 There is no built-in account and no default password. With ``api.admin_username`` and
 ``api.admin_password`` set, the app creates that admin when the database has no active admin;
-otherwise :func:`create_admin` does it (e.g. from a shell, once).
+otherwise ``neurogate users create-admin`` (:func:`create_admin`) does it, once.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def ensure_admin(
             return False
         if not username or password is None:
             log.warning(
-                "no admin account: set NEUROGATE_API__ADMIN_USERNAME and __ADMIN_PASSWORD, "
-                "or call api.bootstrap.create_admin"
+                "no admin account: run `neurogate users create-admin NAME`, or set "
+                "NEUROGATE_API__ADMIN_USERNAME and NEUROGATE_API__ADMIN_PASSWORD and restart"
             )
             return False
         if queries.user_by_username(session, username=username) is not None:

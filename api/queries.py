@@ -229,6 +229,68 @@ def requeue_failed_exports(session: Session, *, study_uid: str) -> int:
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
+def add_missing_exports(session: Session, *, study_uid: str, destinations: Sequence[str]) -> int:
+    """Pending exports of the study's newest result objects to the destinations that never had
+    them (one added after the analysis, or renamed); how many.
+
+    The newest analysis with result objects is what the study's results are; older analyses'
+    objects are not sent anew.
+    """
+    latest = session.scalar(
+        select(ResultObject.analysis_id)
+        .join(Analysis, Analysis.id == ResultObject.analysis_id)
+        .where(Analysis.study_instance_uid == study_uid)
+        .order_by(ResultObject.analysis_id.desc())
+        .limit(1)
+    )
+    if latest is None or not destinations:
+        return 0
+    objects = session.scalars(
+        select(ResultObject).where(ResultObject.analysis_id == latest).order_by(ResultObject.id)
+    ).all()
+    planned = {
+        (object_id, destination)
+        for object_id, destination in session.execute(
+            select(Export.result_object_id, Export.destination).where(
+                Export.result_object_id.in_([o.id for o in objects])
+            )
+        )
+    }
+    added = 0
+    for obj in objects:
+        for destination in destinations:
+            if (obj.id, destination) not in planned:
+                session.add(
+                    Export(
+                        result_object_id=obj.id,
+                        destination=destination,
+                        status=ExportStatus.PENDING,
+                        attempts=0,
+                        next_attempt_at=now(),
+                    )
+                )
+                added += 1
+    return added
+
+
+def export_counts(session: Session, *, study_uid: str) -> tuple[int, dict[str, int]]:
+    """How many result objects the study has, and its exports by status."""
+    objects = session.scalar(
+        select(func.count())
+        .select_from(ResultObject)
+        .join(Analysis, Analysis.id == ResultObject.analysis_id)
+        .where(Analysis.study_instance_uid == study_uid)
+    )
+    by_status = session.execute(
+        select(Export.status, func.count())
+        .join(ResultObject, ResultObject.id == Export.result_object_id)
+        .join(Analysis, Analysis.id == ResultObject.analysis_id)
+        .where(Analysis.study_instance_uid == study_uid)
+        .group_by(Export.status)
+    )
+    return int(objects or 0), {status: int(n) for status, n in by_status}
+
+
 def pdf_report(session: Session, *, study_uid: str) -> ResultObject | None:
     """The newest PDF report written for the study."""
     return session.scalar(

@@ -10,12 +10,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from api.security import BCRYPT_MAX_BYTES
+from neurogate.settings import MIN_PASSWORD, USERNAME_PATTERN
 
-USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$"
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 # Patient IDs the portal creates or accepts: safe in a URL path and a DICOM LO element.
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-MIN_PASSWORD = 10
 
 T = TypeVar("T")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -280,6 +279,9 @@ class Accepted(BaseModel):
 class ResendOut(BaseModel):
     study_instance_uid: str
     requeued: int  # failed exports set back to pending
+    added: int = 0  # exports to destinations that never had the objects (added since)
+    # Why nothing was queued (requeued and added both 0); None otherwise.
+    reason: str | None = None
 
 
 class UploadOut(Accepted):

@@ -78,7 +78,9 @@ class ApiService:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while not self._server.started and time.monotonic() < deadline:
             if not self._threads[0].is_alive():
-                raise RuntimeError("the API server stopped while starting")
+                raise RuntimeError(
+                    "the API server stopped while starting: see the error logged before this"
+                )
             time.sleep(0.05)
         log.info(
             "api started",

@@ -7,6 +7,9 @@ import logging
 import os
 import shutil
 import ssl
+import threading
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -109,6 +112,62 @@ def _association_ids(assoc: Association) -> dict[str, object]:
     }
 
 
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): (source, reason/diag.) -> what it means
+REJECTION_REASONS = {
+    (1, 1): "no reason given",
+    (1, 2): "application context name not supported",
+    (1, 3): "calling AE title not recognised",
+    (1, 7): "called AE title not recognised",
+    (2, 1): "no reason given (ACSE)",
+    (2, 2): "protocol version not supported",
+    (3, 1): "temporary congestion",
+    (3, 2): "local limit exceeded",
+}
+REJECTION_RESULTS = {1: "permanent", 2: "transient"}
+
+
+def rejection(assoc: Association) -> dict[str, object]:
+    """Why ``assoc`` was rejected, who asked whom: what an operator needs to fix the sender."""
+    sent = assoc.acceptor.primitive  # the A-ASSOCIATE-RJ
+    asked = assoc.requestor.primitive  # the A-ASSOCIATE-RQ
+    source = int(getattr(sent, "result_source", 0) or 0)
+    diagnostic = int(getattr(sent, "diagnostic", 0) or 0)
+    reason = REJECTION_REASONS.get((source, diagnostic), f"source {source} reason {diagnostic}")
+    ids = _association_ids(assoc)
+    return {
+        "reason": reason,
+        "result": REJECTION_RESULTS.get(int(getattr(sent, "result", 0) or 0), "unknown"),
+        "called_ae": getattr(asked, "called_ae_title", None),
+        "calling_ae": getattr(asked, "calling_ae_title", None) or ids["calling_ae"],
+        "our_ae": assoc.acceptor.ae_title,
+        "peer": ids["peer"],
+    }
+
+
+@dataclass
+class AssociationCounts:
+    """What one association stored, found stored already, or was refused."""
+
+    stored: int = 0
+    duplicates: int = 0  # the same instance again: acknowledged, nothing changed
+    conflicts: int = 0  # the same SOP Instance UID with other bytes: kept under conflicts/
+    refused: int = 0
+
+    def add(self, status: int, outcome: StoreOutcome | None) -> None:
+        if status != Status.SUCCESS or outcome is None:
+            self.refused += 1
+        elif outcome is StoreOutcome.DUPLICATE:
+            self.duplicates += 1
+        elif outcome is StoreOutcome.CONFLICT:
+            self.conflicts += 1
+        else:
+            self.stored += 1
+
+    @property
+    def instances(self) -> int:
+        return self.stored + self.duplicates + self.conflicts
+
+
 class StorageSCP:
     """C-STORE and C-ECHO handlers; dependencies are bound once at start-up.
 
@@ -123,6 +182,12 @@ class StorageSCP:
         self._store = store
         self._tracker = tracker
         self._min_free_bytes = min_free_mb * _MB
+        # Per association, until it ends (weak: an association killed without an end event
+        # leaves nothing behind).
+        self._counts: weakref.WeakKeyDictionary[Association, AssociationCounts] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._counts_lock = threading.Lock()
 
     def handlers(self) -> list[Handler]:
         return [
@@ -130,6 +195,7 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_ACCEPTED, self.on_accepted),
             (evt.EVT_REJECTED, self.on_rejected),
+            (evt.EVT_RELEASED, self.on_released),
             (evt.EVT_ABORTED, self.on_aborted),
         ]
 
@@ -141,10 +207,37 @@ class StorageSCP:
         log.info("association accepted", extra=_association_ids(event.assoc))
 
     def on_rejected(self, event: Event) -> None:
-        log.warning("association rejected", extra=_association_ids(event.assoc))
+        why = rejection(event.assoc)
+        log.warning(f"association rejected: {why['reason']}", extra=why)
+
+    def on_released(self, event: Event) -> None:
+        self._ended(event.assoc, "released", logging.INFO)
 
     def on_aborted(self, event: Event) -> None:
-        log.warning("association aborted", extra=_association_ids(event.assoc))
+        self._ended(event.assoc, "aborted", logging.WARNING)
+
+    def _ended(self, assoc: Association, how: str, level: int) -> None:
+        with self._counts_lock:
+            counts = self._counts.pop(assoc, None) or AssociationCounts()
+        log.log(
+            level,
+            f"association {how}",
+            extra={
+                **_association_ids(assoc),
+                "instances": counts.instances,
+                "stored": counts.stored,
+                "duplicates": counts.duplicates,
+                "conflicts": counts.conflicts,
+                "refused": counts.refused,
+            },
+        )
+
+    def _count(self, assoc: Association, status: int, outcome: StoreOutcome | None) -> None:
+        with self._counts_lock:
+            counts = self._counts.get(assoc)
+            if counts is None:
+                counts = self._counts[assoc] = AssociationCounts()
+            counts.add(status, outcome)
 
     def on_store(self, event: Event) -> int:
         """``EVT_C_STORE``: a request that pynetdicom received (the fast path declined it)."""
@@ -156,6 +249,7 @@ class StorageSCP:
         except OSError as exc:
             ids = {**_association_ids(event.assoc), "sop_instance_uid": sop_uid}
             log.error("could not write received instance", extra={**ids, "error": str(exc)})
+            self._count(event.assoc, Status.OUT_OF_RESOURCES, None)
             return Status.OUT_OF_RESOURCES
         return self.store_received(Received(tmp), sop_class, sop_uid, event.assoc)
 
@@ -168,6 +262,13 @@ class StorageSCP:
         Both receive paths end here: :meth:`on_store` and the fast path of
         :mod:`dicom_listener.fast_store`. Returns the DIMSE status to answer.
         """
+        status, outcome = self._decide(received, sop_class, sop_uid, assoc)
+        self._count(assoc, status, outcome)
+        return status
+
+    def _decide(
+        self, received: Received, sop_class: str, sop_uid: str, assoc: Association
+    ) -> tuple[int, StoreOutcome | None]:
         tmp = received.path
         ids = {**_association_ids(assoc), "sop_instance_uid": sop_uid}
         # A reading of the free space up to half a second old: at the node's rate that is a
@@ -175,7 +276,7 @@ class StorageSCP:
         if self._store.free_bytes(max_age_s=FREE_SPACE_MAX_AGE_S) < self._min_free_bytes:
             _remove(tmp)
             log.error("refusing instance: storage volume is nearly full", extra=ids)
-            return Status.OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES, None
         try:
             header = read_header(
                 tmp, sop_class_uid=sop_class, sop_instance_uid=sop_uid, content=received.content
@@ -186,7 +287,7 @@ class StorageSCP:
                 "refusing instance",
                 extra={**ids, "status": f"0x{exc.status:04X}", "reason": exc.reason},
             )
-            return exc.status
+            return exc.status, None
         study, series = header.study_instance_uid, header.series_instance_uid
         ids.update(study=study, series=series)
         try:
@@ -197,7 +298,7 @@ class StorageSCP:
                 outcome = self._store.commit(tmp, study, series, sop_uid, synced=received.synced)
         except OSError as exc:
             log.error("could not store instance", extra={**ids, "error": str(exc)})
-            return Status.OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES, None
         try:
             self._tracker.record(
                 header,
@@ -211,9 +312,9 @@ class StorageSCP:
             log.exception("could not record the instance's study; refused", extra=ids)
             if outcome is StoreOutcome.STORED:
                 self._store.discard(study, series, sop_uid)
-            return Status.OUT_OF_RESOURCES
+            return Status.OUT_OF_RESOURCES, None
         log.debug("instance stored", extra={**ids, "outcome": outcome.value})
-        return Status.SUCCESS
+        return Status.SUCCESS, outcome
 
     def _take_dataset(self, event: Event) -> Path:
         """The received instance as a Part 10 file of our own in the store's ``tmp/``."""

@@ -203,7 +203,8 @@ class Worker:
     ) -> None:
         started = time.perf_counter()
         objects = self._write_objects(analysis_id, analysis)
-        seconds = {**analysis.findings.seconds, "result_objects": time.perf_counter() - started}
+        elapsed = round(time.perf_counter() - started, 3)  # as the pipeline's stages are
+        seconds = {**analysis.findings.seconds, "result_objects": elapsed}
         findings = analysis.findings.model_copy(update={"seconds": seconds})
         with self._sessions.begin() as session:
             row = session.get_one(AnalysisRow, analysis_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import Literal
 
@@ -17,10 +18,32 @@ _STANDARD = frozenset(
 )
 
 
+# Extras that are not identifiers: uvicorn's copy of its message with ANSI colour codes.
+_NOT_EXTRAS = frozenset({"color_message"})
+# Lines a library writes at INFO on every start that tell an operator nothing.
+_ROUTINE = {
+    "alembic.runtime.migration": ("Context impl ", "Will assume "),
+}
+# Loggers kept to warnings: alembic's plugin set-up at every start, highdicom's "copy
+# attributes of module" (nine per result object).
+_CHATTY = ("alembic.runtime.plugins", "highdicom", "pynetdicom", "kafka")
+
+
 def _extras(record: logging.LogRecord) -> dict[str, object]:
     return {
-        k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")
+        k: v
+        for k, v in record.__dict__.items()
+        if k not in _STANDARD and k not in _NOT_EXTRAS and not k.startswith("_")
     }
+
+
+class _DropRoutine(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(self._prefixes))
 
 
 class TextFormatter(logging.Formatter):
@@ -53,6 +76,16 @@ def configure_logging(level: str = "INFO", fmt: Literal["text", "json"] = "text"
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO/DEBUG; keep it to warnings unless asked.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, root.level))
+    # pynetdicom logs every PDU at INFO/DEBUG; keep it and the others to warnings unless asked.
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    for name, prefixes in _ROUTINE.items():
+        routine = logging.getLogger(name)
+        routine.filters[:] = [f for f in routine.filters if not isinstance(f, _DropRoutine)]
+        if root.level > logging.DEBUG:
+            routine.addFilter(_DropRoutine(prefixes))
+    # TensorFlow's C++ INFO lines (CPU instructions banner) go straight to stderr, unformatted;
+    # its warnings and errors stay. Read when TensorFlow is imported, after this. (TF 2.21
+    # prints its oneDNN notice regardless; only TF_ENABLE_ONEDNN_OPTS=0, another computation
+    # path, removes it.)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

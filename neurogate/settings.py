@@ -17,6 +17,9 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
+# Accounts of the API (its request schemas use the same rules).
+USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$"
+MIN_PASSWORD = 10
 
 
 def _split_csv(value: object) -> object:
@@ -269,6 +272,23 @@ class ApiSettings(BaseModel):
                     f"trusted_proxies: {proxy!r} is not an IP address or network (e.g. 10.0.0.5, "
                     "10.0.0.0/24); '*' is refused: every client could then choose its address"
                 ) from None
+        return value
+
+    @field_validator("admin_username")
+    @classmethod
+    def _check_admin_username(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(USERNAME_PATTERN, value):
+            raise ValueError(
+                f"invalid username {value!r}: 3-64 letters, digits or . _ @ -, "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("admin_password")
+    @classmethod
+    def _check_admin_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_PASSWORD:
+            raise ValueError(f"the admin password needs at least {MIN_PASSWORD} characters")
         return value
 
 

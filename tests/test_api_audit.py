@@ -124,7 +124,7 @@ def test_reads_exports_sign_ins_and_account_changes_are_recorded(
     assert (resend["username"], resend["patient_id"], resend["detail"]) == (
         "clin",
         "P1",
-        {"requeued": 1},
+        {"requeued": 1, "added": 0},
     )
     assert only(events, action="analysis.rerun")["study_instance_uid"] == S1
     assert only(events, action="patient.read", username="clin")["patient_id"] == "P2"

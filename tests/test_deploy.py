@@ -752,6 +752,81 @@ def test_k8s_settings_are_settings_and_parse(monkeypatch: pytest.MonkeyPatch) ->
     assert len(settings.export.destinations) == 1
 
 
+def _services_of(command: list[str]) -> tuple[str, ...]:
+    """The services a container's ``neurogate`` command runs (none: a one-shot command)."""
+    assert command[0] == "neurogate", command
+    if command[1] == "run":
+        return ("listener", "worker", "api")
+    return (command[1],) if command[1] in ("listener", "worker", "api") else ()
+
+
+def _writable_mount(
+    directory: Path, mounts: list[dict[str, Any]], volumes: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The mount that ``directory`` lies on, if that mount is writable."""
+    below = [m for m in mounts if directory.is_relative_to(m["mountPath"])]
+    if not below:
+        return None
+    mount = max(below, key=lambda m: len(Path(m["mountPath"]).parts))
+    volume = volumes[mount["name"]]
+    if mount.get("readOnly") or not ({"emptyDir", "persistentVolumeClaim"} & set(volume)):
+        return None
+    return mount
+
+
+def test_k8s_every_directory_a_container_writes_is_a_writable_mount(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a read-only root filesystem, a write anywhere but a mount fails: the worker's
+    heartbeat under NEUROGATE_DATA_DIR did, and its liveness probe killed it every 300 s."""
+    from neurogate.cli import written_directories
+
+    [config] = _by_kind("ConfigMap")
+    [secret] = _by_kind("Secret")
+    checked = set()
+    for workload in [*_by_kind("Deployment"), *_by_kind("Job")]:
+        pod = workload["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for container in _containers(workload):
+            name = f"{workload['metadata']['name']}/{container['name']}"
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            env = {**config["data"]}
+            for entry in container.get("env", []):
+                secret_ref = entry.get("valueFrom", {}).get("secretKeyRef")
+                env[entry["name"]] = (
+                    secret["stringData"][secret_ref["key"]] if secret_ref else entry["value"]
+                )
+            settings = settings_from(env, monkeypatch)
+            services = _services_of(container["command"])
+            written = set(written_directories(settings, services))
+            written |= {Path("/tmp"), Path(env["HOME"])}  # tempfile, and libraries' caches
+            for directory in sorted(written):
+                mount = _writable_mount(directory, container.get("volumeMounts", []), volumes)
+                assert mount is not None, f"{name} writes {directory}: not on a writable mount"
+            checked.add((workload["metadata"]["name"], services))
+    assert ("neurogate-worker", ("worker",)) in checked
+    assert ("neurogate-migrate", ()) in checked
+
+
+def test_writable_mount_check_catches_a_write_to_the_root_filesystem() -> None:
+    volumes = {
+        "dicom": {"persistentVolumeClaim": {}},
+        "tmp": {"emptyDir": {}},
+        "cfg": {"configMap": {}},
+    }
+    mounts = [
+        {"name": "dicom", "mountPath": "/var/lib/neurogate/dicom"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cfg", "mountPath": "/etc/neurogate"},
+    ]
+    assert _writable_mount(Path("/var/lib/neurogate/dicom/tmp"), mounts, volumes)
+    assert _writable_mount(Path("/var/lib/neurogate"), mounts, volumes) is None
+    assert _writable_mount(Path("/etc/neurogate"), mounts, volumes) is None
+    assert _writable_mount(Path("/tmp/x"), [{**mounts[1], "readOnly": True}], volumes) is None
+    assert _services_of(["neurogate", "worker"]) == ("worker",)
+    assert _services_of(["neurogate", "db", "upgrade"]) == ()
+
+
 # --- deploy/healthcheck.py, against real peers -------------------------------------------------
 
 

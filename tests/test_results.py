@@ -796,3 +796,17 @@ def test_overlay_png_is_the_blended_plane(reference: Reference) -> None:
     with Image.open(io.BytesIO(overlay_png(grad_cam))) as image:
         assert image.format == "PNG" and image.mode == "RGB"
         assert np.array_equal(np.asarray(image), blend(grad_cam.plane, grad_cam.heatmap))
+
+
+def test_the_pdf_report_prints_dates_as_readers_expect() -> None:
+    from pydicom.dataset import Dataset
+
+    from inference_worker.results.pdf import _patient_rows
+
+    source = Dataset()
+    source.PatientBirthDate, source.StudyDate, source.PatientSex = "19650101", "20260105", "F"
+    rows = dict(_patient_rows(source))
+    assert rows["Birth date / sex"] == "1965-01-01 / F"
+    assert rows["Study"] == "— (2026-01-05)"
+    source.PatientBirthDate = ""
+    assert dict(_patient_rows(source))["Birth date / sex"] == "— / F"

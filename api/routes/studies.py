@@ -30,7 +30,7 @@ from api.schemas import (
     StudySort,
 )
 from api.views import study_detail, study_out
-from neurogate.db.models import AnalysisStatus, AuditOutcome, StudyStatus, User
+from neurogate.db.models import AnalysisStatus, AuditOutcome, ExportStatus, StudyStatus, User
 from neurogate.outbox import enqueue
 from schemas.events import AnalysisRequested, AnalysisSource, InputFormat
 from schemas.topics import Topic
@@ -198,14 +198,34 @@ def resend(
     auditor: AuditDep,
     study_uid: StudyUid,
 ) -> ResendOut:
-    """Send the study's failed result objects again: parked exports go back to pending."""
+    """Send the study's results again where they did not arrive: parked (failed) exports go
+    back to pending, and destinations configured since the analysis get its newest objects."""
     row = audited_study(session, staff, study_uid, auditor, AuditAction.RESEND)
     requeued = queries.requeue_failed_exports(session, study_uid=study_uid)
+    destinations = [d.name for d in context.settings.export.destinations]
+    added = queries.add_missing_exports(session, study_uid=study_uid, destinations=destinations)
+    reason = None
+    if not requeued and not added:
+        reason = _why_nothing_to_resend(session, study_uid, destinations)
     session.commit()
-    if requeued:
+    if requeued or added:
         context.on_change()
-    _record_study(auditor, AuditAction.RESEND, staff, row, {"requeued": requeued})
-    return ResendOut(study_instance_uid=study_uid, requeued=requeued)
+    _record_study(auditor, AuditAction.RESEND, staff, row, {"requeued": requeued, "added": added})
+    return ResendOut(study_instance_uid=study_uid, requeued=requeued, added=added, reason=reason)
+
+
+def _why_nothing_to_resend(session: Session, study_uid: str, destinations: list[str]) -> str:
+    objects, exports = queries.export_counts(session, study_uid=study_uid)
+    if not destinations:
+        return "no export destinations are configured (NEUROGATE_EXPORT__DESTINATIONS)"
+    if not objects:
+        return "the study has no result objects yet (no finished analysis)"
+    pending = exports.get(ExportStatus.PENDING, 0)
+    sent = exports.get(ExportStatus.SENT, 0)
+    return (
+        f"nothing failed and every destination has the results: {sent} exports sent, "
+        f"{pending} pending"
+    )
 
 
 @router.get(

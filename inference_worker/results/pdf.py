@@ -119,15 +119,24 @@ def _escape(text: object) -> str:
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def readable_date(value: object) -> str:
+    """A DICOM DA value (``19650101``) as a reader expects it (``1965-01-01``); else as is."""
+    text = str(value or "").strip()
+    if len(text) == 8 and text.isdigit():
+        return f"{text[:4]}-{text[4:6]}-{text[6:]}"
+    return text or "—"
+
+
 def _patient_rows(source: Dataset) -> list[list[str]]:
     def value(keyword: str) -> str:
         return str(source.get(keyword, "") or "—")
 
+    birth, study_date = (readable_date(source.get(k)) for k in ("PatientBirthDate", "StudyDate"))
     return [
         ["Patient", str(source.get("PatientName", "") or "—").replace("^", " ").strip()],
         ["Patient ID", value("PatientID")],
-        ["Birth date / sex", f"{value('PatientBirthDate')} / {value('PatientSex')}"],
-        ["Study", f"{value('StudyDescription')} ({value('StudyDate')})"],
+        ["Birth date / sex", f"{birth} / {value('PatientSex')}"],
+        ["Study", f"{value('StudyDescription')} ({study_date})"],
         ["Accession number", value("AccessionNumber")],
         ["Study Instance UID", value("StudyInstanceUID")],
         ["Report created", dt.datetime.now().strftime("%Y-%m-%d %H:%M")],
