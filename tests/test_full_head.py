@@ -1,4 +1,4 @@
-"""Whole heads in the field of view (face, orbits, sinuses, neck): findings stay inside the skull."""
+"""Whole heads in the field of view (face, orbits, sinuses, neck): findings stay in the skull."""
 
 from __future__ import annotations
 
@@ -24,14 +24,31 @@ FULL_HEAD = ScannerProfile(
     vendor="siemens",
     field_strength=3.0,
     protocols={
-        "t1": SeriesProtocol("t1", "sagittal", in_plane_mm=1.2, slice_mm=1.5, three_d=True,
-                             fov_mm=256),  # fmt: skip
-        "t1ce": SeriesProtocol("t1ce", "axial", in_plane_mm=1.0, slice_mm=1.0, three_d=True,
-                               coverage_mm=230, shift_mm=-30, fov_mm=240),  # fmt: skip
-        "t2": SeriesProtocol("t2", "axial", tilt_deg=12.0, in_plane_mm=1.0, slice_mm=3.0,
-                             coverage_mm=240, shift_mm=-40),  # fmt: skip
-        "flair": SeriesProtocol("flair", "axial", in_plane_mm=1.0, slice_mm=3.0,
-                                coverage_mm=250, shift_mm=-45),  # fmt: skip
+        "t1": SeriesProtocol(
+            "t1", "sagittal", in_plane_mm=1.2, slice_mm=1.5, three_d=True, fov_mm=256
+        ),
+        "t1ce": SeriesProtocol(
+            "t1ce",
+            "axial",
+            in_plane_mm=1.0,
+            slice_mm=1.0,
+            three_d=True,
+            coverage_mm=230,
+            shift_mm=-30,
+            fov_mm=240,
+        ),
+        "t2": SeriesProtocol(
+            "t2",
+            "axial",
+            tilt_deg=12.0,
+            in_plane_mm=1.0,
+            slice_mm=3.0,
+            coverage_mm=240,
+            shift_mm=-40,
+        ),
+        "flair": SeriesProtocol(
+            "flair", "axial", in_plane_mm=1.0, slice_mm=3.0, coverage_mm=250, shift_mm=-45
+        ),
     },
 )
 
@@ -67,9 +84,10 @@ def test_a_full_head_study_has_no_tumour_outside_the_skull(tmp_path, models) -> 
     segmentation = findings.segmentation
     assert segmentation is not None and segmentation.largest_tumour_sop_instance_uid
     key = next(
-        n for n, f in enumerate(masks.frames)
+        n
+        for n, f in enumerate(masks.frames)
         if f.sop_instance_uid == segmentation.largest_tumour_sop_instance_uid
-    )  # fmt: skip
+    )
     assert inside[key].sum() > 0.2 * inside.sum(axis=(1, 2)).max()
     cam = analysis.grad_cam
     assert cam is not None
