@@ -216,6 +216,10 @@ class ExportSettings(BaseModel):
     backoff_seconds: float = Field(5.0, gt=0)  # doubles after each failure, up to the maximum
     backoff_max_seconds: float = Field(600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    # How long an exporter holds the exports it took (renewed before each object it sends);
+    # those of a worker that died go to another exporter once it lapses. Longer than the time
+    # to associate plus one C-STORE (two network timeouts).
+    lease_seconds: float = Field(120.0, gt=0)
 
     @field_validator("calling_ae_title")
     @classmethod
