@@ -174,12 +174,15 @@ class Worker:
     def _run(self, event: StudyReceived | AnalysisRequested, analysis_id: int) -> Analysis:
         root = self._settings.storage_root
         progress = self._progress(analysis_id)
+        budget = self._settings.decode_budget
         try:
             if isinstance(event, AnalysisRequested) and event.input_format is InputFormat.NIFTI:
                 files = {role: root / path for role, path in event.nifti_files.items()}
-                return analyse_nifti(event.study_instance_uid, files, self._models, progress)
+                return analyse_nifti(
+                    event.study_instance_uid, files, self._models, progress, budget
+                )
             study = scan_folder(root / event.path)
-            return analyse(study, self._models, progress)
+            return analyse(study, self._models, progress, budget)
         except (GeometryError, ValueError, FileNotFoundError) as exc:
             raise AnalysisFailed(str(exc)) from exc
 

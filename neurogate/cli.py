@@ -135,7 +135,7 @@ def cmd_analyze(settings: Settings, folder: Path) -> int:
     from inference_worker.pipeline import analyse, scan_folder
 
     _prepare(settings)
-    analysis = analyse(scan_folder(folder), _load_models(settings))
+    analysis = analyse(scan_folder(folder), _load_models(settings), budget=settings.decode_budget)
     print(analysis.findings.model_dump_json(indent=2))
     return 0
 

@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from neurogate.budget import DEFAULT_MAX_DECODE_MB, DecodeBudget
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
 
 
@@ -265,6 +267,9 @@ class Settings(BaseSettings):
     db_auto_migrate: bool = True
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # The most memory one image, series or NIfTI volume may need once decoded (its pixels plus
+    # their float32 copy, from the declared geometry): the worker and the API refuse larger ones.
+    max_decode_mb: float = Field(DEFAULT_MAX_DECODE_MB, gt=0)
     listener: ListenerSettings = ListenerSettings()
     bus: BusSettings = BusSettings()
     models: ModelSettings = ModelSettings()
@@ -281,6 +286,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'neurogate.sqlite').resolve()}"
+
+    @property
+    def decode_budget(self) -> DecodeBudget:
+        return DecodeBudget.of_mb(self.max_decode_mb)
 
     @property
     def embedded_bus_path(self) -> Path:
