@@ -10,6 +10,7 @@ the last attempt, the analysis is marked failed and the message dead-lettered.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import socket
@@ -49,6 +50,7 @@ CONSUMED_TOPICS = (Topic.STUDY_RECEIVED, Topic.ANALYSIS_REQUESTED)
 PUBLISHED_TOPICS = (Topic.ANALYSIS_STATUS, Topic.EXPORT_STATUS)
 GROUP_ID = "neurogate-inference-worker"
 RESULTS_DIR = "results"
+PARTIAL_SUFFIX = ".partial"  # a result object being written; renamed once complete
 HEARTBEAT_FILE = "worker.heartbeat"
 
 
@@ -245,11 +247,13 @@ class Worker:
         for obj in built:
             ds = obj.dataset
             path = folder / f"{obj.kind}-{ds.SOPInstanceUID}.dcm"
-            partial = path.with_suffix(".partial")
-            ds.save_as(partial, enforce_file_format=True)
-            with partial.open("rb+") as fh:
+            partial = path.with_suffix(PARTIAL_SUFFIX)
+            with partial.open("wb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # held until renamed: see remove_orphan_partials
+                ds.save_as(fh, enforce_file_format=True)
+                fh.flush()
                 os.fsync(fh.fileno())
-            partial.replace(path)
+                partial.replace(path)
             rows.append(
                 ResultObject(
                     kind=obj.kind,
@@ -261,6 +265,27 @@ class Worker:
                 )
             )
         return rows
+
+
+def remove_orphan_partials(results: Path) -> int:
+    """Delete the result files that a worker killed while writing them left behind; how many.
+
+    A writer holds an exclusive ``flock`` on its ``*.partial`` file until the file is renamed,
+    and the kernel drops the lock of a process that dies, so a partial file whose lock can be
+    taken belongs to nobody, while one being written (by another worker) is left alone.
+    """
+    removed = 0
+    for path in results.rglob(f"*{PARTIAL_SUFFIX}"):
+        try:
+            with path.open("rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+        except BlockingIOError:
+            continue  # another worker is writing it
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile
+        removed += 1
+    return removed
 
 
 def _source_datasets(analysis: Analysis) -> list[Dataset]:
@@ -307,6 +332,9 @@ class WorkerService:
         self.exporter.wake()
 
     def start(self) -> None:
+        removed = remove_orphan_partials(self._settings.storage_root / RESULTS_DIR)
+        if removed:
+            log.warning("removed result files left half-written", extra={"files": removed})
         self._ensure_topics_quietly()
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
         self._spawn("exporter", lambda: self.exporter.run(self._stop))
