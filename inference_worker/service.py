@@ -2,9 +2,12 @@
 
 At-least-once delivery meets idempotent results: each request event owns one ``analyses`` row
 (unique on the event id), so a redelivered event finds its finished row and does nothing more.
-A study whose data cannot be analysed (no usable series, broken geometry) is marked failed with
-the reason and the worker moves on; an unexpected error is retried by the consume loop and, after
-the last attempt, the analysis is marked failed and the message dead-lettered.
+A study whose data cannot be analysed (no usable series, broken geometry, more pixels than the
+decode budget) is marked failed with the reason and the worker moves on; an unexpected error is
+retried by the consume loop and, after the last attempt, the analysis is marked failed and the
+message dead-lettered. Attempts are counted in the ``analyses`` row before each starts, so those
+that killed their worker count as well: a study that takes its worker down every time ends in
+the dead-letter topic too, instead of being redelivered to each restarted worker for ever.
 """
 
 from __future__ import annotations
@@ -116,16 +119,26 @@ class Worker:
             self._finish_failed(analysis_id, event.study_instance_uid, str(exc))
             return
         except Exception as exc:
-            if self._attempts(analysis_id) >= self._settings.bus.max_delivery_attempts:
-                self._finish_failed(analysis_id, event.study_instance_uid, f"error: {exc!r}")
+            attempts = self._attempts(analysis_id)
+            if attempts >= self._settings.bus.max_delivery_attempts:
+                reason = f"gave up after {attempts} attempts; last error: {exc!r}"
+                self._finish_failed(analysis_id, event.study_instance_uid, reason)
+                raise PoisonMessage(reason) from exc
             raise
         self._finish_completed(analysis_id, event, analysis)
 
     # -- the steps, each its own transaction --------------------------------------------------
 
     def _claim(self, event: StudyReceived | AnalysisRequested) -> int | None:
-        """The analysis row to work on, or ``None`` when this event was already handled."""
+        """The analysis row to work on, or ``None`` when this event was already handled.
+
+        The attempt is counted (and committed) before any work starts, so attempts whose worker
+        never came back (killed mid-analysis, e.g. for memory) count as well as those that
+        raised: once they reach ``BUS__MAX_DELIVERY_ATTEMPTS`` the analysis is marked failed and
+        :class:`PoisonMessage` sends the message to the dead-letter topic; the queue moves on.
+        """
         key = str(event.event_id)
+        abandoned: tuple[int, str] | None = None
         with self._sessions.begin() as session:
             row = session.scalar(select(AnalysisRow).where(AnalysisRow.request_event_id == key))
             if row is not None and row.status in (AnalysisStatus.COMPLETED, AnalysisStatus.FAILED):
@@ -149,14 +162,33 @@ class Worker:
                 session.add(row)
                 session.flush()
                 _announce(session, row, AnalysisState.QUEUED)
-            row.status = AnalysisStatus.RUNNING
-            row.attempts += 1
-            row.worker = self._name
-            row.started_at = _now()
-            row.error = None
-            _announce(session, row, AnalysisState.RUNNING)
+            if row.attempts >= self._settings.bus.max_delivery_attempts:
+                reason = (
+                    f"gave up after {row.attempts} attempts that never finished: the worker "
+                    f"stopped (killed or crashed) while analysing this study, last on {row.worker}"
+                )
+                row.status, row.error, row.finished_at = AnalysisStatus.FAILED, reason, _now()
+                _announce(session, row, AnalysisState.FAILED, reason=reason)
+                abandoned = row.id, reason
+            else:
+                row.status = AnalysisStatus.RUNNING
+                row.attempts += 1
+                row.worker = self._name
+                row.started_at = _now()
+                row.error = None
+                _announce(session, row, AnalysisState.RUNNING)
             analysis_id = row.id
         self._on_change()
+        if abandoned is not None:
+            log.error(
+                "analysis abandoned",
+                extra={
+                    "study_uid": event.study_instance_uid,
+                    "analysis_id": analysis_id,
+                    "reason": abandoned[1],
+                },
+            )
+            raise PoisonMessage(abandoned[1])
         log.info(
             "analysis started",
             extra={"study_uid": event.study_instance_uid, "analysis_id": analysis_id},
