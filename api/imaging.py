@@ -10,6 +10,7 @@ from pathlib import PurePath
 import numpy as np
 
 from api.errors import ApiError, ErrorCode
+from neurogate.budget import DecodeBudget, DecodeBudgetExceeded, Geometry
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
 DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
@@ -40,16 +41,20 @@ def check_file_type(filename: str, data: bytes) -> None:
     raise ApiError(415, ErrorCode.INVALID_FILE_TYPE, f"unsupported file type; accepted: {accepted}")
 
 
-def decode_plane(data: bytes) -> np.ndarray:
+def decode_plane(data: bytes, budget: DecodeBudget) -> np.ndarray:
     """The picture in ``data`` as a 2D float32 plane (luma for colour pictures).
 
     Raises
     ------
     ApiError
-        400 ``INVALID_IMAGE`` when it cannot be decoded, 422 when it decodes to something that
-        is not a usable plane (too small, blank).
+        400 ``INVALID_IMAGE`` when it cannot be decoded, 413 ``FILE_TOO_LARGE`` when its header
+        declares more pixels than ``budget`` allows to decode (nothing is decoded then), 422
+        when it decodes to something that is not a usable plane (too small, blank).
     """
-    plane = _decode_dicom(data) if is_dicom(data) else _decode_picture(data)
+    try:
+        plane = _decode_dicom(data, budget) if is_dicom(data) else _decode_picture(data, budget)
+    except DecodeBudgetExceeded as exc:
+        raise ApiError(413, ErrorCode.FILE_TOO_LARGE, str(exc)) from exc
     if min(plane.shape) < MIN_SIDE:
         raise ApiError(
             422, ErrorCode.INVALID_IMAGE, f"image too small: at least {MIN_SIDE} pixels a side"
@@ -60,26 +65,33 @@ def decode_plane(data: bytes) -> np.ndarray:
     return plane
 
 
-def _decode_picture(data: bytes) -> np.ndarray:
+def _decode_picture(data: bytes, budget: DecodeBudget) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height > MAX_PIXELS:
                 raise ApiError(400, ErrorCode.INVALID_IMAGE, "image has too many pixels")
+            geometry = Geometry((image.height, image.width, len(image.getbands())), 1)
+            budget.check(geometry.decode_bytes, f"the picture ({geometry})")
             image.seek(0)  # the first frame of an animation
             return np.asarray(image.convert("F"), dtype=np.float32)
+    except DecodeBudgetExceeded:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ApiError(400, ErrorCode.INVALID_IMAGE, "file is not a readable image") from exc
 
 
-def _decode_dicom(data: bytes) -> np.ndarray:
+def _decode_dicom(data: bytes, budget: DecodeBudget) -> np.ndarray:
     from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = dcmread(io.BytesIO(data))
+        budget.check_dicom([ds], "the DICOM image")
         pixels = np.asarray(ds.pixel_array, dtype=np.float32)
+    except DecodeBudgetExceeded:
+        raise
     except (
         InvalidDicomError,
         AttributeError,

@@ -6,6 +6,13 @@ or another attempt later (the wait doubles, up to a maximum), or ``failed`` afte
 attempt, parked until someone re-sends it from the API. A ``sent`` row is never sent again, so an
 export neither loops nor duplicates; the one window left (the PACS stored the object, then the
 node died before recording it) re-sends the same SOP Instance UID, which a PACS files once.
+
+Every worker runs an exporter on the same table, so rows are claimed before they are sent: one
+conditional ``UPDATE`` (its candidates ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite runs
+one writer at a time) stamps a batch with this pass's token and a lease. The lease is renewed
+before each object is sent, and only the holder records an attempt, so each object goes out
+once and each attempt counts once; the rows of an exporter that died are taken by another once
+its lease has lapsed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import datetime as dt
 import logging
 import ssl
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,7 +30,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from neurogate.db.models import Export, ExportStatus, ResultObject
@@ -71,6 +79,7 @@ def plan_exports(
 @dataclass(frozen=True)
 class _Due:
     export_id: int
+    token: str  # the claim under which this exporter may send and record it
     path: str
     sop_class_uid: str
     sop_instance_uid: str
@@ -125,28 +134,65 @@ class Exporter:
         return stored
 
     def _due(self, destination: str) -> list[_Due]:
+        """Claim up to a batch of the destination's due exports for this pass, for a lease."""
         now = _now()
-        with self._sessions() as session:
+        token = uuid.uuid4().hex
+        due = (
+            Export.destination == destination,
+            Export.status == ExportStatus.PENDING,
+            or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
+            or_(Export.claimed_until.is_(None), Export.claimed_until <= now),
+        )
+        candidates = (
+            select(Export.id)
+            .where(*due)
+            .order_by(Export.id)
+            .limit(_BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        with self._sessions.begin() as session:
+            claimed = session.execute(
+                update(Export)
+                .where(Export.id.in_(candidates), *due)
+                .values(claim_token=token, claimed_until=now + self._lease())
+                .execution_options(synchronize_session=False)
+            )
+            if not claimed.rowcount:  # type: ignore[attr-defined]
+                return []
             rows = session.scalars(
                 select(Export)
                 .options(selectinload(Export.result_object))
-                .where(
-                    Export.destination == destination,
-                    Export.status == ExportStatus.PENDING,
-                    or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
-                )
+                .where(Export.claim_token == token)
                 .order_by(Export.id)
-                .limit(_BATCH)
             ).all()
             return [
                 _Due(
                     r.id,
+                    token,
                     r.result_object.path,
                     r.result_object.sop_class_uid,
                     r.result_object.sop_instance_uid,
                 )
                 for r in rows
             ]
+
+    def _lease(self) -> dt.timedelta:
+        return dt.timedelta(seconds=self._settings.export.lease_seconds)
+
+    def _renew(self, item: _Due) -> bool:
+        """Extend this pass's claim on ``item`` before sending it; ``False`` if it was lost."""
+        with self._sessions.begin() as session:
+            result = session.execute(
+                update(Export)
+                .where(
+                    Export.id == item.export_id,
+                    Export.claim_token == item.token,
+                    Export.status == ExportStatus.PENDING,
+                )
+                .values(claimed_until=_now() + self._lease())
+                .execution_options(synchronize_session=False)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def _send(self, destination: PacsDestination, due: list[_Due]) -> int:
         settings = self._settings.export
@@ -187,6 +233,12 @@ class Exporter:
         return stored
 
     def _store_one(self, assoc: Association, item: _Due, destination: PacsDestination) -> int:
+        if not self._renew(item):
+            log.warning(
+                "export claim lapsed before sending; left to the exporter that holds it",
+                extra={"sop_uid": item.sop_instance_uid, "destination": destination.name},
+            )
+            return 0
         try:
             dataset = dcmread(self._settings.storage_root / item.path)
         except (OSError, ValueError) as exc:
@@ -212,9 +264,29 @@ class Exporter:
     def _record(
         self, item: _Due, destination: PacsDestination, status: int | None, reason: str | None
     ) -> None:
-        """Commit one attempt's outcome and its status event together."""
+        """Commit one attempt's outcome and its status event together, and end the claim.
+
+        Only the claim's holder records a failed attempt: one whose lease lapsed and was taken
+        over leaves the row to its new holder. An object the PACS stored is recorded as sent
+        in any case while the row is pending, so that nobody sends it again.
+        """
         policy = self._settings.export
+        held: ColumnElement[bool] = Export.claim_token == item.token
+        if reason is None:
+            held = or_(held, Export.status == ExportStatus.PENDING)
         with self._sessions.begin() as session:
+            released = session.execute(
+                update(Export)
+                .where(Export.id == item.export_id, held)
+                .values(claim_token=None, claimed_until=None)
+                .execution_options(synchronize_session=False)
+            )
+            if not released.rowcount:  # type: ignore[attr-defined]
+                log.warning(
+                    "export claim lapsed; the attempt is left unrecorded",
+                    extra={"sop_uid": item.sop_instance_uid, "destination": destination.name},
+                )
+                return
             row = session.get_one(Export, item.export_id)
             obj = session.get_one(ResultObject, row.result_object_id)
             row.attempts += 1

@@ -30,6 +30,7 @@ from models.brain.extract import BrainMask, extract
 from models.imaging import FrameRef, Volume, resample_to
 from models.preprocessing import canonical_grid_at, on_grid
 from models.registry import ModelManifest, Task, load
+from neurogate.budget import DEFAULT_BUDGET, DecodeBudget, DecodeBudgetExceeded
 from schemas.findings import (
     BrainFinding,
     ClassificationFinding,
@@ -128,7 +129,7 @@ def canonical(volumes: dict[Role, Volume], net: Any) -> Canonical:
     return Canonical(brain, grid, intracranial, channels)
 
 
-def prepare(study: StudyFiles) -> Prepared:
+def prepare(study: StudyFiles, budget: DecodeBudget = DEFAULT_BUDGET) -> Prepared:
     selection = select_series(study.infos)
     volumes: dict[Role, Volume] = {}
     skipped: dict[str, str] = {}
@@ -136,7 +137,7 @@ def prepare(study: StudyFiles) -> Prepared:
     for role, choice in selection.chosen.items():
         try:
             files[role] = study.series[choice.series_instance_uid]
-            volumes[role] = load_series(files[role])
+            volumes[role] = load_series(files[role], budget)
         except GeometryError as exc:
             skipped[f"load {role.value}"] = str(exc)
     if not volumes:
@@ -151,12 +152,18 @@ def _first(order: tuple[Role, ...], available: dict[Role, np.ndarray]) -> Role:
 Progress = Callable[[str, float], None]
 
 
-def analyse(study: StudyFiles, models: Models, progress: Progress | None = None) -> Analysis:
+def analyse(
+    study: StudyFiles,
+    models: Models,
+    progress: Progress | None = None,
+    budget: DecodeBudget = DEFAULT_BUDGET,
+) -> Analysis:
     """Run every stage that the study's series allow; the findings say what ran and why not.
 
-    ``progress(step, fraction)`` is called as each stage starts (for status events).
+    ``progress(step, fraction)`` is called as each stage starts (for status events); a series
+    whose decoded pixels would exceed ``budget`` fails the analysis before it is decoded.
     """
-    return _analyse(study.study_instance_uid, lambda: prepare(study), models, progress)
+    return _analyse(study.study_instance_uid, lambda: prepare(study, budget), models, progress)
 
 
 def analyse_nifti(
@@ -164,16 +171,17 @@ def analyse_nifti(
     files: Mapping[str, Path],
     models: Models,
     progress: Progress | None = None,
+    budget: DecodeBudget = DEFAULT_BUDGET,
 ) -> Analysis:
     """Analyse uploaded NIfTI volumes, one file per role (T1, T1CE, T2, FLAIR).
 
     There are no DICOM frames to map back to: the findings carry volumes but no per-instance
     areas, and no result objects can be written for a PACS.
     """
-    return _analyse(study_instance_uid, lambda: prepare_nifti(files), models, progress)
+    return _analyse(study_instance_uid, lambda: prepare_nifti(files, budget), models, progress)
 
 
-def prepare_nifti(files: Mapping[str, Path]) -> Prepared:
+def prepare_nifti(files: Mapping[str, Path], budget: DecodeBudget = DEFAULT_BUDGET) -> Prepared:
     """Volumes from NIfTI files (read in patient LPS coordinates by SimpleITK)."""
     volumes: dict[Role, Volume] = {}
     chosen: dict[Role, Choice] = {}
@@ -182,7 +190,7 @@ def prepare_nifti(files: Mapping[str, Path]) -> Prepared:
             role = Role(name.upper())
         except ValueError as exc:
             raise ValueError(f"unknown role {name!r}: expected T1, T1CE, T2 or FLAIR") from exc
-        volumes[role] = read_nifti(path)
+        volumes[role] = read_nifti(path, budget)
         uid = generate_uid(prefix=None)
         chosen[role] = Choice(role, uid, 1.0, (f"uploaded as {role.value}: {path.name}",))
     if not volumes:
@@ -191,9 +199,17 @@ def prepare_nifti(files: Mapping[str, Path]) -> Prepared:
     return Prepared(Selection(chosen, missing), volumes, {}, {})
 
 
-def read_nifti(path: Path) -> Volume:
+def read_nifti(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> Volume:
+    """A NIfTI volume, once its header shows that it fits ``budget`` (else ``ValueError``)."""
     import SimpleITK as sitk
 
+    with path.open("rb") as stream:
+        try:
+            budget.check_nifti(stream, path.name)
+        except DecodeBudgetExceeded:
+            raise
+        except ValueError as exc:
+            raise ValueError(f"{path.name}: not a readable NIfTI volume ({exc})") from exc
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:

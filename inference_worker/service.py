@@ -2,14 +2,18 @@
 
 At-least-once delivery meets idempotent results: each request event owns one ``analyses`` row
 (unique on the event id), so a redelivered event finds its finished row and does nothing more.
-A study whose data cannot be analysed (no usable series, broken geometry) is marked failed with
-the reason and the worker moves on; an unexpected error is retried by the consume loop and, after
-the last attempt, the analysis is marked failed and the message dead-lettered.
+A study whose data cannot be analysed (no usable series, broken geometry, more pixels than the
+decode budget) is marked failed with the reason and the worker moves on; an unexpected error is
+retried by the consume loop and, after the last attempt, the analysis is marked failed and the
+message dead-lettered. Attempts are counted in the ``analyses`` row before each starts, so those
+that killed their worker count as well: a study that takes its worker down every time ends in
+the dead-letter topic too, instead of being redelivered to each restarted worker for ever.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import logging
 import os
 import socket
@@ -49,6 +53,7 @@ CONSUMED_TOPICS = (Topic.STUDY_RECEIVED, Topic.ANALYSIS_REQUESTED)
 PUBLISHED_TOPICS = (Topic.ANALYSIS_STATUS, Topic.EXPORT_STATUS)
 GROUP_ID = "neurogate-inference-worker"
 RESULTS_DIR = "results"
+PARTIAL_SUFFIX = ".partial"  # a result object being written; renamed once complete
 HEARTBEAT_FILE = "worker.heartbeat"
 
 
@@ -114,16 +119,26 @@ class Worker:
             self._finish_failed(analysis_id, event.study_instance_uid, str(exc))
             return
         except Exception as exc:
-            if self._attempts(analysis_id) >= self._settings.bus.max_delivery_attempts:
-                self._finish_failed(analysis_id, event.study_instance_uid, f"error: {exc!r}")
+            attempts = self._attempts(analysis_id)
+            if attempts >= self._settings.bus.max_delivery_attempts:
+                reason = f"gave up after {attempts} attempts; last error: {exc!r}"
+                self._finish_failed(analysis_id, event.study_instance_uid, reason)
+                raise PoisonMessage(reason) from exc
             raise
         self._finish_completed(analysis_id, event, analysis)
 
     # -- the steps, each its own transaction --------------------------------------------------
 
     def _claim(self, event: StudyReceived | AnalysisRequested) -> int | None:
-        """The analysis row to work on, or ``None`` when this event was already handled."""
+        """The analysis row to work on, or ``None`` when this event was already handled.
+
+        The attempt is counted (and committed) before any work starts, so attempts whose worker
+        never came back (killed mid-analysis, e.g. for memory) count as well as those that
+        raised: once they reach ``BUS__MAX_DELIVERY_ATTEMPTS`` the analysis is marked failed and
+        :class:`PoisonMessage` sends the message to the dead-letter topic; the queue moves on.
+        """
         key = str(event.event_id)
+        abandoned: tuple[int, str] | None = None
         with self._sessions.begin() as session:
             row = session.scalar(select(AnalysisRow).where(AnalysisRow.request_event_id == key))
             if row is not None and row.status in (AnalysisStatus.COMPLETED, AnalysisStatus.FAILED):
@@ -147,14 +162,33 @@ class Worker:
                 session.add(row)
                 session.flush()
                 _announce(session, row, AnalysisState.QUEUED)
-            row.status = AnalysisStatus.RUNNING
-            row.attempts += 1
-            row.worker = self._name
-            row.started_at = _now()
-            row.error = None
-            _announce(session, row, AnalysisState.RUNNING)
+            if row.attempts >= self._settings.bus.max_delivery_attempts:
+                reason = (
+                    f"gave up after {row.attempts} attempts that never finished: the worker "
+                    f"stopped (killed or crashed) while analysing this study, last on {row.worker}"
+                )
+                row.status, row.error, row.finished_at = AnalysisStatus.FAILED, reason, _now()
+                _announce(session, row, AnalysisState.FAILED, reason=reason)
+                abandoned = row.id, reason
+            else:
+                row.status = AnalysisStatus.RUNNING
+                row.attempts += 1
+                row.worker = self._name
+                row.started_at = _now()
+                row.error = None
+                _announce(session, row, AnalysisState.RUNNING)
             analysis_id = row.id
         self._on_change()
+        if abandoned is not None:
+            log.error(
+                "analysis abandoned",
+                extra={
+                    "study_uid": event.study_instance_uid,
+                    "analysis_id": analysis_id,
+                    "reason": abandoned[1],
+                },
+            )
+            raise PoisonMessage(abandoned[1])
         log.info(
             "analysis started",
             extra={"study_uid": event.study_instance_uid, "analysis_id": analysis_id},
@@ -174,12 +208,15 @@ class Worker:
     def _run(self, event: StudyReceived | AnalysisRequested, analysis_id: int) -> Analysis:
         root = self._settings.storage_root
         progress = self._progress(analysis_id)
+        budget = self._settings.decode_budget
         try:
             if isinstance(event, AnalysisRequested) and event.input_format is InputFormat.NIFTI:
                 files = {role: root / path for role, path in event.nifti_files.items()}
-                return analyse_nifti(event.study_instance_uid, files, self._models, progress)
+                return analyse_nifti(
+                    event.study_instance_uid, files, self._models, progress, budget
+                )
             study = scan_folder(root / event.path)
-            return analyse(study, self._models, progress)
+            return analyse(study, self._models, progress, budget)
         except (GeometryError, ValueError, FileNotFoundError) as exc:
             raise AnalysisFailed(str(exc)) from exc
 
@@ -243,11 +280,13 @@ class Worker:
         for obj in built:
             ds = obj.dataset
             path = folder / f"{obj.kind}-{ds.SOPInstanceUID}.dcm"
-            partial = path.with_suffix(".partial")
-            ds.save_as(partial, enforce_file_format=True)
-            with partial.open("rb+") as fh:
+            partial = path.with_suffix(PARTIAL_SUFFIX)
+            with partial.open("wb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)  # held until renamed: see remove_orphan_partials
+                ds.save_as(fh, enforce_file_format=True)
+                fh.flush()
                 os.fsync(fh.fileno())
-            partial.replace(path)
+                partial.replace(path)
             rows.append(
                 ResultObject(
                     kind=obj.kind,
@@ -259,6 +298,27 @@ class Worker:
                 )
             )
         return rows
+
+
+def remove_orphan_partials(results: Path) -> int:
+    """Delete the result files that a worker killed while writing them left behind; how many.
+
+    A writer holds an exclusive ``flock`` on its ``*.partial`` file until the file is renamed,
+    and the kernel drops the lock of a process that dies, so a partial file whose lock can be
+    taken belongs to nobody, while one being written (by another worker) is left alone.
+    """
+    removed = 0
+    for path in results.rglob(f"*{PARTIAL_SUFFIX}"):
+        try:
+            with path.open("rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+        except BlockingIOError:
+            continue  # another worker is writing it
+        except FileNotFoundError:
+            continue  # renamed or removed meanwhile
+        removed += 1
+    return removed
 
 
 def _source_datasets(analysis: Analysis) -> list[Dataset]:
@@ -305,6 +365,9 @@ class WorkerService:
         self.exporter.wake()
 
     def start(self) -> None:
+        removed = remove_orphan_partials(self._settings.storage_root / RESULTS_DIR)
+        if removed:
+            log.warning("removed result files left half-written", extra={"files": removed})
         self._ensure_topics_quietly()
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
         self._spawn("exporter", lambda: self.exporter.run(self._stop))

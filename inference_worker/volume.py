@@ -15,6 +15,10 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from models.imaging import FrameRef, Volume
+from neurogate.budget import DEFAULT_BUDGET, DecodeBudget
+
+# Elements larger than this are read only when used: the pixels, once the budget allows them.
+_DEFER_SIZE = "256 KB"
 
 # Slices whose normal positions differ from a regular grid by more than this are refused.
 _SPACING_TOLERANCE = 0.05  # relative
@@ -96,16 +100,24 @@ def _slices_of(ds: Dataset) -> list[_Slice]:
     return _single_frame(ds)
 
 
-def load_series(paths: Sequence[Path]) -> Volume:
+def load_series(paths: Sequence[Path], budget: DecodeBudget = DEFAULT_BUDGET) -> Volume:
     """Build one volume from the instances of a series (single-frame or multi-frame).
+
+    The headers are read first and the series' declared pixels checked against ``budget``;
+    only then are pixels read and decoded.
 
     Raises
     ------
     GeometryError
         When the frames do not form one regular stack: differing orientation, pixel spacing or
         size, two frames at one position, or uneven slice gaps.
+    DecodeBudgetExceeded
+        When decoding the series would take more memory than ``budget`` allows.
     """
-    slices = [s for path in paths for s in _slices_of(dcmread(path))]
+    datasets = [dcmread(path, defer_size=_DEFER_SIZE) for path in paths]
+    series = str(datasets[0].get("SeriesInstanceUID", "?")) if datasets else "?"
+    budget.check_dicom(datasets, f"series {series}")
+    slices = [s for ds in datasets for s in _slices_of(ds)]
     if not slices:
         raise GeometryError("no frames")
     first = slices[0]

@@ -271,7 +271,7 @@ def cmd_analyze(settings: Settings, folder: Path) -> int:
 
     try:
         study = scan_folder(folder)
-        analysis = analyse(study, _load_models(settings))
+        analysis = analyse(study, _load_models(settings), budget=settings.decode_budget)
     except (ValueError, OSError) as exc:  # the study cannot be analysed (the pipeline says why)
         raise CommandFailed(f"analyze: {folder}: {exc}") from exc
     print(analysis.findings.model_dump_json(indent=2))

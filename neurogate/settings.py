@@ -16,6 +16,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from neurogate.budget import DEFAULT_MAX_DECODE_MB, DecodeBudget
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backslash, no controls
 # Accounts of the API (its request schemas use the same rules).
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$"
@@ -230,6 +232,10 @@ class ExportSettings(BaseModel):
     backoff_seconds: float = Field(5.0, gt=0)  # doubles after each failure, up to the maximum
     backoff_max_seconds: float = Field(600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    # How long an exporter holds the exports it took (renewed before each object it sends);
+    # those of a worker that died go to another exporter once it lapses. Longer than the time
+    # to associate plus one C-STORE (two network timeouts).
+    lease_seconds: float = Field(120.0, gt=0)
 
     @field_validator("calling_ae_title")
     @classmethod
@@ -310,6 +316,9 @@ class Settings(BaseSettings):
     db_auto_migrate: bool = True
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # The most memory one image, series or NIfTI volume may need once decoded (its pixels plus
+    # their float32 copy, from the declared geometry): the worker and the API refuse larger ones.
+    max_decode_mb: float = Field(DEFAULT_MAX_DECODE_MB, gt=0)
     listener: ListenerSettings = ListenerSettings()
     bus: BusSettings = BusSettings()
     models: ModelSettings = ModelSettings()
@@ -326,6 +335,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'neurogate.sqlite').resolve()}"
+
+    @property
+    def decode_budget(self) -> DecodeBudget:
+        return DecodeBudget.of_mb(self.max_decode_mb)
 
     @property
     def embedded_bus_path(self) -> Path:

@@ -22,6 +22,7 @@ from api.inference import Classifier
 from models.overlay import to_grey
 from models.registry import Task, default_manifest
 from neurogate.settings import ModelSettings, Settings
+from tests.bombs import write_rle_bomb
 from tests.test_api_support import (
     add_patient,
     add_user,
@@ -252,3 +253,24 @@ def test_an_altered_model_is_a_classification_error(
         )
     assert response.status_code == 500 and error_code(response) == "CLASSIFICATION_ERROR"
     assert "sha256" not in response.text
+
+
+@pytest.fixture(scope="module")
+def dicom_bomb(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """50 MB of RLE declaring 6000 frames of 512 x 512: 3 GB decoded, 6 GB more as float32."""
+    return write_rle_bomb(tmp_path_factory.mktemp("bomb") / "bomb.dcm").read_bytes()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_by_classify_and_predict(
+    client: TestClient, staff: dict[str, str], dicom_bomb: bytes
+) -> None:
+    classify = client.post("/api/classify", files={"file": ("bomb.dcm", dicom_bomb)}, headers=staff)
+    batch = client.post(
+        "/predict", json={"image": [base64.b64encode(dicom_bomb).decode()]}, headers=staff
+    )
+    for response in (classify, batch):
+        assert response.status_code == 413, response.text
+        assert error_code(response) == "FILE_TOO_LARGE"
+        message = response.json()["error"]["message"]
+        assert "6000 x 512 x 512 of 16 bits" in message, message
+        assert "9,000 MB" in message and "NEUROGATE_MAX_DECODE_MB" in message

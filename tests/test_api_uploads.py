@@ -16,6 +16,7 @@ from sqlalchemy import select
 from neurogate.db.models import AuditEvent, OutboxEvent, Patient, Study, Upload
 from neurogate.settings import Settings
 from schemas.events import AnalysisRequested, parse_event
+from tests.bombs import nifti_bomb
 from tests.test_api_support import (
     add_patient,
     add_user,
@@ -192,3 +193,25 @@ def test_patients_cannot_upload(client: TestClient) -> None:
         "/api/process-mri", files={"files": ("x_t1.nii.gz", nifti_bytes(0))}, headers=patient
     )
     assert response.status_code == 403 and error_code(response) == "FORBIDDEN"
+
+
+def test_a_nifti_whose_header_claims_1_5_gib_is_refused_before_it_is_read(
+    client: TestClient, settings: Settings, staff: dict[str, str]
+) -> None:
+    bomb = nifti_bomb()  # 1.6 MB of gzip: a 1024 x 1024 x 1536 volume of 8-bit zeros
+    for name, data in (("a_t1.nii.gz", bomb), ("b_t1.nii.gz", _truncated(bomb))):
+        response = client.post("/api/process-mri", files={"files": (name, data)}, headers=staff)
+        assert response.status_code == 413, response.text
+        assert error_code(response) == "FILE_TOO_LARGE"
+        message = response.json()["error"]["message"]
+        assert "1536 x 1024 x 1024 of 8 bits" in message and "NEUROGATE_MAX_DECODE_MB" in message
+    with sessions_of(client)() as session:
+        assert session.scalars(select(Study)).all() == []
+        assert session.scalars(select(OutboxEvent)).all() == []
+    uploads = settings.storage_root / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def _truncated(bomb: bytes) -> bytes:
+    """The bomb's first 4 KiB: its header and no volume to speak of."""
+    return bomb[:4096]

@@ -139,7 +139,7 @@ async def classify(
 
     filename, data = await _uploaded_picture(request)
     check_file_type(filename, data)
-    image = await run_in_threadpool(decode_plane, data)
+    image = await run_in_threadpool(decode_plane, data, context.settings.decode_budget)
     try:
         result = await run_in_threadpool(_explained, context.classifier, image)
     except ClassifierUnavailable as exc:
@@ -164,8 +164,9 @@ def predict(
 ) -> PredictOut:
     """Classify base64 pictures, all in one batch; each result lists every class, best first."""
     planes = []
+    budget = context.settings.decode_budget
     for index, value in enumerate(body.image):
-        image = decode_plane(decode_base64(value, index))
+        image = decode_plane(decode_base64(value, index), budget)
         try:
             planes.append(context.classifier.prepare(image))
         except ClassifierUnavailable as exc:

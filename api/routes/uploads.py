@@ -8,12 +8,10 @@ as BraTS names them) or given explicitly in the form fields ``t1``, ``t1ce``, ``
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +26,7 @@ from api.audit import AuditAction, AuditObject
 from api.deps import AuditDep, ContextDep, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, responses
 from api.schemas import PATIENT_ID_PATTERN, UploadOut
+from neurogate.budget import DecodeBudget, DecodeBudgetExceeded
 from neurogate.db.models import Patient, Study, StudyStatus, Upload
 from neurogate.outbox import enqueue
 from schemas.events import AnalysisRequested, AnalysisSource, InputFormat
@@ -43,7 +42,7 @@ _ROLE_ALIASES = {"t1": "T1", "t1ce": "T1CE", "t1c": "T1CE", "t1gd": "T1CE", "t2"
 _ROLE_ALIASES["flair"] = "FLAIR"
 _ROLE_IN_NAME = re.compile(r"(?:^|[_.\-])(t1ce|t1gd|t1c|t1|t2|flair)\.nii(?:\.gz)?$", re.I)
 _SUFFIXES = (".nii.gz", ".nii")
-_NIFTI_HEADER_SIZES = (348, 540)  # NIfTI-1, NIfTI-2
+_GZIP_MAGIC = b"\x1f\x8b"
 _MAX_NAME = 324
 _UPLOAD_TRIGGER = "upload"  # Study.completion_trigger of uploaded studies
 _UPLOAD_AE = "API"  # Study.called_ae_title of uploaded studies: they came through the API
@@ -85,27 +84,25 @@ def nifti_suffix(filename: str) -> str:
     raise ApiError(415, ErrorCode.INVALID_FILE_TYPE, "only NIfTI files (.nii, .nii.gz)")
 
 
-def check_nifti_header(stream: IO[bytes], suffix: str) -> None:
-    """400 ``INVALID_IMAGE`` unless the file starts with a NIfTI-1 or NIfTI-2 header."""
+def check_nifti_header(stream: IO[bytes], suffix: str, budget: DecodeBudget) -> None:
+    """Read only the header: 400 ``INVALID_IMAGE`` unless it is a NIfTI-1 or NIfTI-2 header
+    (gzip-compressed for ``.nii.gz``), 413 ``FILE_TOO_LARGE`` when the volume it declares would
+    take more than ``budget`` to decode."""
     stream.seek(0)
+    compressed = stream.read(2) == _GZIP_MAGIC
+    stream.seek(0)
+    if compressed != (suffix == ".nii.gz"):
+        message = "not a gzip-compressed NIfTI file" if suffix == ".nii.gz" else "not a NIfTI file"
+        raise ApiError(400, ErrorCode.INVALID_IMAGE, message)
     try:
-        head = (
-            gzip.GzipFile(fileobj=stream, mode="rb").read(4)
-            if suffix == ".nii.gz"
-            else stream.read(4)
-        )
-    except (OSError, EOFError) as exc:
-        raise ApiError(400, ErrorCode.INVALID_IMAGE, "not a gzip-compressed NIfTI file") from exc
-    finally:
-        stream.seek(0)
-    sizes = (
-        {struct.unpack("<i", head)[0], struct.unpack(">i", head)[0]} if len(head) == 4 else set()
-    )
-    if not sizes & set(_NIFTI_HEADER_SIZES):
-        raise ApiError(400, ErrorCode.INVALID_IMAGE, "not a NIfTI file")
+        budget.check_nifti(stream, "the NIfTI volume")
+    except DecodeBudgetExceeded as exc:
+        raise ApiError(413, ErrorCode.FILE_TOO_LARGE, str(exc)) from exc
+    except ValueError as exc:
+        raise ApiError(400, ErrorCode.INVALID_IMAGE, str(exc)) from exc
 
 
-def _files_by_role(form: Any) -> dict[str, tuple[UploadFile, str]]:
+def _files_by_role(form: Any, budget: DecodeBudget) -> dict[str, tuple[UploadFile, str]]:
     found: dict[str, tuple[UploadFile, str]] = {}
     candidates: list[tuple[str | None, Any]] = [(None, item) for item in form.getlist(_FILES_FIELD)]
     candidates += [(role, form.get(role.lower())) for role in ROLES if role.lower() in form]
@@ -127,7 +124,7 @@ def _files_by_role(form: Any) -> dict[str, tuple[UploadFile, str]]:
             )
         if role in found:
             raise ApiError(422, ErrorCode.VALIDATION_ERROR, f"two files for {role}")
-        check_nifti_header(item.file, suffix)
+        check_nifti_header(item.file, suffix, budget)
         found[role] = (item, suffix)
     if not found:
         raise ApiError(400, ErrorCode.NO_FILE, "no NIfTI files in the upload")
@@ -175,7 +172,7 @@ async def process_mri(
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ApiError(400, ErrorCode.NO_FILE, "send the files as multipart/form-data")
     form = await request.form(max_files=len(ROLES) * 2)
-    files = _files_by_role(form)
+    files = _files_by_role(form, context.settings.decode_budget)
     patient_id = _text_field(form, "patient_id", 64, PATIENT_ID_PATTERN)
     patient_name = _text_field(form, "patient_name", _MAX_NAME)
     root = context.settings.storage_root

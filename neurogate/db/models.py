@@ -224,6 +224,9 @@ class Export(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[dt.datetime | None]
     sent_at: Mapped[dt.datetime | None]
+    # The exporter that took this row to send it, and until when (a lease; see the exporter).
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[dt.datetime | None]
 
     result_object: Mapped[ResultObject] = relationship(back_populates="exports")
 
