@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.imaging import FrameRef
+from models.imaging import FrameRef, Volume
 from schemas.findings import Findings
 
 REGIONS = ("WT", "TC", "ET")
@@ -64,3 +64,8 @@ class Analysis:
     # The stored files of the reference series (the result objects copy its patient and study
     # modules); empty for an upload that came without DICOM.
     source_files: tuple[Path, ...] = ()
+    # What the networks saw: the canonical grid, the intracranial mask and the tumour regions
+    # on it (for benchmarks and audits; the result objects use ``masks``).
+    grid: Volume | None = None
+    intracranial: np.ndarray | None = None  # bool (k, j, i) on ``grid``
+    grid_masks: dict[str, np.ndarray] | None = None  # REGIONS -> bool (k, j, i) on ``grid``
