@@ -943,6 +943,8 @@ def make_phantom(seed: int, tumour_type: str = "none", voxel_mm: float = 2.0) ->
         images=images,
         label=label,
         brain_mask=builder.cavity.copy(),
+        intracranial=builder.cavity.copy(),
+        full_head=True,
     )
     return HeadPhantom(case, builder.tissue, builder.head, np.asarray(builder.sella))
 
