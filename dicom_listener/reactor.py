@@ -32,7 +32,9 @@ import contextlib
 import copy
 import hashlib
 import inspect
+import logging
 import queue
+import resource
 import select
 import socket
 import ssl
@@ -68,6 +70,8 @@ from pynetdicom.utils import make_target
 from dicom_listener.affinity import pin_this_thread
 from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
 from dicom_listener.fast_store import P_DATA_TF, FastStore, StoreReceiver
+
+log = logging.getLogger(__name__)
 
 # The pynetdicom release and the SHA-256 of each method whose loop is copied below.
 SUPPORTED_PYNETDICOM = "3.0.4"
@@ -113,10 +117,77 @@ _UPSTREAM_DIGESTS = {
 _PDV_OVERHEAD = 6
 # Longest wait between two looks at pynetdicom's clocks and flags.
 MAX_IDLE_S = 0.05
+# The largest P-DATA-TF PDU accepted, whatever MAX_PDU_SIZE says (and the largest advertised)
+PDU_CEILING = 16 << 20
+# Other PDUs (A-ASSOCIATE, A-RELEASE, A-ABORT) are smaller than this: 128 presentation
+# contexts with every transfer syntax pydicom knows make an A-ASSOCIATE-RQ of about 150 kB.
+CONTROL_PDU_LIMIT = 1 << 20
+# A PDU's buffer starts at most this large and grows with what arrives
+READ_STEP = 1 << 20
+# How long a PDU may take when the association has neither a network nor an ACSE timeout
+DEFAULT_PDU_TIMEOUT_S = 60.0
+# Never advertised smaller than this (pynetdicom's own default is 16382)
+MIN_PDU_SIZE = 16 << 10
+# A PDU being read is held about twice: its buffer, and the PDU it is appended to
+_PDU_COPIES = 2
+# A-ABORT reasons from the service provider (PS3.8 table 9-26)
+_REASON_NOT_SPECIFIED = 0x00
+_INVALID_PDU_PARAMETER_VALUE = 0x06
 
 
 class UnsupportedPynetdicom(RuntimeError):
     """The installed pynetdicom is not the one the reactors were copied from."""
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use, if limited: its address-space limit (``RLIMIT_AS``) or
+    its cgroup's ``memory.max``, whichever is lower; ``None`` when neither is set."""
+    limits = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text != "max":
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def accepted_pdu_size(configured: int, max_associations: int) -> int:
+    """The largest P-DATA-TF PDU the listener advertises and accepts.
+
+    ``configured`` (``MAX_PDU_SIZE``; 0: no wish of its own), never more than ``PDU_CEILING``,
+    nor more than a share of the process's memory limit that leaves every association room
+    for a PDU being read and a copy of it, with half the memory left for everything else.
+    """
+    size = min(configured or PDU_CEILING, PDU_CEILING)
+    memory = memory_limit_bytes()
+    if memory is not None:
+        size = min(size, memory // (2 * _PDU_COPIES * max(max_associations, 1)))
+    return max(size, MIN_PDU_SIZE)
+
+
+def bound_waits(sock: socket.socket, seconds: float) -> None:
+    """Make every receive and send on ``sock`` wait at most ``seconds``.
+
+    A plain socket stays a blocking one (no ``poll`` before each call, as Python makes for a
+    socket with a timeout): the kernel ends the wait (``SO_RCVTIMEO``, ``SO_SNDTIMEO``) and
+    the call raises ``BlockingIOError``. A TLS socket gets Python's timeout (the kernel's
+    would only make OpenSSL ask again).
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(seconds)
+        return
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _wait_bound(ae: ApplicationEntity) -> float:
+    """The longest single wait on an association's socket: the shorter of its timeouts."""
+    timeouts = [t for t in (ae.acse_timeout, ae.network_timeout) if t is not None]
+    return float(min(timeouts)) if timeouts else DEFAULT_PDU_TIMEOUT_S
 
 
 def _upstream() -> dict[str, Callable[..., Any]]:
@@ -214,6 +285,10 @@ class _WholeReadSocket(AssociationSocket):
     # Set by the reactor when the select it has just waited in found the socket readable:
     # ``ready`` then answers without a select of its own.
     readable_hint = False
+    # When the PDU being read must be in (time.monotonic()); None: no deadline. Set by the DUL
+    # before each PDU; each wait inside a read is bounded by the socket's own timeout
+    # (:func:`bound_waits`), after which this deadline is looked at.
+    pdu_deadline: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -223,20 +298,41 @@ class _WholeReadSocket(AssociationSocket):
         return bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` from the socket; fewer only if the peer closed the connection."""
+        """Read ``nr_bytes`` from the socket; fewer only if the peer closed the connection.
+
+        The buffer grows with what arrives (by at most ``READ_STEP``, then doubling), so a
+        length claimed by a peer costs memory only once its bytes are here.
+
+        Raises
+        ------
+        TimeoutError
+            When ``pdu_deadline`` passes before the bytes are in.
+        """
         sock = cast(socket.socket, self.socket)
         # MSG_WAITALL: the kernel fills the whole buffer before returning (blocking sockets)
         flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
-        buffer = bytearray(nr_bytes)
+        buffer = bytearray(min(nr_bytes, READ_STEP))
         nr_read = 0
-        with memoryview(buffer) as view:
-            while nr_read < nr_bytes:
-                received = sock.recv_into(view[nr_read:], nr_bytes - nr_read, flags)
-                if not received:
-                    break  # connection broken: return what we have, as pynetdicom does
+        while nr_read < nr_bytes:
+            if nr_read == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - len(buffer))))
+            with memoryview(buffer) as whole, whole[nr_read:] as view:
+                try:
+                    received = sock.recv_into(view, len(view), flags)
+                except (BlockingIOError, TimeoutError):  # a wait bounded by bound_waits
+                    received = -1
+            if not received:
+                break  # connection broken: return what we have, as pynetdicom does
+            if received > 0:
                 nr_read += received
+            if nr_read < nr_bytes and self._past_deadline():
+                raise TimeoutError(f"{nr_read} of {nr_bytes} bytes arrived in time")
         del buffer[nr_read:]
         return buffer
+
+    def _past_deadline(self) -> bool:
+        deadline = self.pdu_deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def recv_waiting(self, nr_bytes: int) -> bytearray | None:
         """As :meth:`recv` if bytes wait on the socket; ``None``, having read nothing, if none do.
@@ -257,11 +353,14 @@ class _WholeReadSocket(AssociationSocket):
             except (OSError, ValueError):  # closed under us: the reactor loop notices
                 return None
             return self.recv(nr_bytes) if ready else None
-        buffer = bytearray(nr_bytes)
+        buffer = bytearray(min(nr_bytes, READ_STEP))
         try:
-            received = sock.recv_into(buffer, nr_bytes, socket.MSG_DONTWAIT)
+            received = sock.recv_into(buffer, len(buffer), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
+        if received == len(buffer) < nr_bytes:  # a PDU larger than READ_STEP: read the rest
+            buffer += self.recv(nr_bytes - received)
+            return buffer
         if 0 < received < nr_bytes:  # the rest is on its way: wait for it as recv does
             buffer[received:] = self.recv(nr_bytes - received)
         else:
@@ -330,6 +429,8 @@ class EventDrivenDUL(DULServiceProvider):
         super().__init__(assoc)
         # Set by the request handler when the server has a C-STORE fast path
         self.store_receiver: StoreReceiver | None = None
+        self._requested = False  # an A-ASSOCIATE-RQ came (Sta3 was reached)
+        self._woken = False  # the association thread was told that none will
         self._wake_up = _WakeUp()
         self.to_provider_queue = _SignallingQueue(self._wake_up.set)
         self.event_queue = _SignallingQueue(self._wake_up.set)
@@ -395,6 +496,54 @@ class EventDrivenDUL(DULServiceProvider):
         while in_progress and not self._kill_thread:
             in_progress = self._read_one_pdu(only_waiting=True)
 
+    def _pdu_timeout(self) -> float:
+        """How long the next PDU may take to arrive, once it has begun to.
+
+        Before an association is established, what is left of the ARTIM timer (PS3.8 9.1.5:
+        the A-ASSOCIATE-RQ must be in before it expires); after, the network timeout.
+        """
+        artim = self.artim_timer
+        if artim.timeout is not None and artim._start_time is not None and artim._end_time is None:
+            return max(artim.remaining, 0.0)
+        assoc = self.assoc
+        for timeout in (assoc.network_timeout, assoc.acse_timeout):
+            if timeout is not None:
+                return float(timeout)
+        return DEFAULT_PDU_TIMEOUT_S
+
+    def _pdu_limit(self, pdu_type: int) -> int:
+        """The most bytes a PDU of ``pdu_type`` may claim: what the listener advertised for
+        P-DATA-TF (never more than ``PDU_CEILING``), ``CONTROL_PDU_LIMIT`` for the others."""
+        if pdu_type != P_DATA_TF:
+            return CONTROL_PDU_LIMIT
+        advertised = self.assoc.acceptor.maximum_length or PDU_CEILING
+        return min(advertised, PDU_CEILING)
+
+    def _abort_refused(self, reason: str) -> None:
+        """Abort for a PDU that cannot be read (its stream cannot be followed any further)."""
+        log.error(f"{reason}; association aborted", extra=self._peer())
+        self._abort_and_close(_INVALID_PDU_PARAMETER_VALUE)
+
+    def _abort_stalled(self, exc: TimeoutError) -> None:
+        log.error(f"PDU not received in time ({exc}); association aborted", extra=self._peer())
+        self._abort_and_close(_REASON_NOT_SPECIFIED)
+
+    def _abort_and_close(self, reason: int) -> None:
+        """Send an A-ABORT (best effort, bounded by the socket's send timeout) and treat the
+        connection as closed (Evt17): the association ends and its thread closes the socket."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02  # the service provider
+        abort_pdu.reason_diagnostic = reason
+        raw = self._connected_socket()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.send(abort_pdu.encode())
+        self.event_queue.put("Evt17")
+
+    def _peer(self) -> dict[str, object]:
+        requestor = self.assoc.requestor
+        return {"peer": f"{requestor.address}:{requestor.port}"}
+
     def _connected_socket(self) -> socket.socket | None:
         assoc_socket = self.socket
         if assoc_socket is None or not assoc_socket._is_connected:
@@ -416,10 +565,16 @@ class EventDrivenDUL(DULServiceProvider):
         decoded and put on the state machine's queue exactly as before. Returns whether the
         fast path took the PDU and a data set is still in progress there. ``only_waiting``:
         read a PDU only if its first bytes are on the socket already (else return ``False``).
+
+        Also changed: a PDU must arrive whole before a deadline (:meth:`_pdu_timeout`), and
+        one claiming more than the listener accepts (:meth:`_pdu_limit`) is not read; either
+        aborts the association (A-ABORT, then the connection is closed).
         """
         bytestream = bytearray()
         self.socket = cast("AssociationSocket", self.socket)
         log = pynetdicom.dul.LOGGER
+        if isinstance(self.socket, _WholeReadSocket):
+            self.socket.pdu_deadline = time.monotonic() + self._pdu_timeout()
 
         # Try and read the PDU type and length from the socket
         try:
@@ -431,7 +586,10 @@ class EventDrivenDUL(DULServiceProvider):
                 bytestream.extend(header)
             else:
                 bytestream.extend(self.socket.recv(6))
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            self._abort_stalled(exc)
+            return False
+        except OSError as exc:
             # READ_PDU_EXC_A
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
@@ -458,10 +616,22 @@ class EventDrivenDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return False
 
+        # Changed from pynetdicom: a length is bounded before anything is allocated for it
+        limit = self._pdu_limit(pdu_type)
+        if pdu_length > limit:
+            self._abort_refused(
+                f"PDU of type 0x{pdu_type:02X} claims {pdu_length} bytes, more than the "
+                f"{limit} accepted"
+            )
+            return False
+
         # Try and read the rest of the PDU
         try:
             bytestream += self.socket.recv(pdu_length)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            self._abort_stalled(exc)
+            return False
+        except OSError as exc:
             # READ_PDU_EXC_D
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
@@ -561,6 +731,15 @@ class EventDrivenDUL(DULServiceProvider):
 
             self.state_machine.do_action(event)
             sleep = False
+            # Changed from pynetdicom: a connection that ends before its A-ASSOCIATE-RQ
+            # (closed, ARTIM expired, a PDU refused) wakes the association thread, which
+            # otherwise waits the whole ACSE timeout for it, holding one of the slots.
+            state = self.state_machine.current_state
+            if state == "Sta3":
+                self._requested = True
+            elif state == "Sta1" and not self._requested and not self._woken:
+                self._woken = True
+                cast(Any, self.to_user_queue).put(None)  # read as "no A-ASSOCIATE-RQ came"
 
 
 class EventDrivenAssociation(Association):
@@ -657,6 +836,8 @@ class EventDrivenRequestHandler(RequestHandler):
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
 
+        # Changed from pynetdicom: no wait on the socket outlasts the association's timeouts
+        bound_waits(self.request, _wait_bound(self.ae))
         sock = _WholeReadSocket(assoc, client_socket=self.request)
         assoc.set_socket(sock)
         # Changed from pynetdicom: where data sets are received into files (dimse_fast), and
@@ -697,8 +878,70 @@ class EventDrivenRequestHandler(RequestHandler):
         return assoc
 
 
-class _HandedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server for connections accepted by another process.
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, guarded against peers that hold connections open.
+
+    At most ``max_per_peer`` connections from one address at a time (0: any number): one more
+    is closed as it is accepted, before a thread is started for it. The TLS handshake is made
+    on the connection's own thread, within the association's timeouts (pynetdicom makes it on
+    the thread that accepts, where one peer that never completes it stops all the others).
+    """
+
+    max_per_peer = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._peers: dict[str, int] = {}
+        self._peers_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        return cast(socket.socket, self.socket).accept()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        with self._peers_lock:
+            open_now = self._peers.get(host, 0)
+            refused = bool(self.max_per_peer) and open_now >= self.max_per_peer
+            if not refused:
+                self._peers[host] = open_now + 1
+        if refused:
+            log.warning(
+                "connection refused: too many from this peer",
+                extra={"peer": f"{host}:{client_address[1]}", "open": open_now},
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release(host)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
+                request.settimeout(_wait_bound(self.ae))
+                try:
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    pynetdicom.transport.LOGGER.error(f"TLS handshake failed: {exc}")
+                    request.close()
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release(str(client_address[0]))
+
+    def _release(self, host: str) -> None:
+        with self._peers_lock:
+            left = self._peers.get(host, 1) - 1
+            if left > 0:
+                self._peers[host] = left
+            else:
+                self._peers.pop(host, None)
+
+
+class _HandedServer(_Server):
+    """The guarded server for connections accepted by another process.
 
     It never binds or listens: :meth:`hand` gives it a connected socket, and the association
     runs on a thread of its own, as for a connection the server had accepted itself.
@@ -714,16 +957,6 @@ class _HandedServer(ThreadedAssociationServer):
         """Serve the connected ``sock`` from the peer at ``address``."""
         self.process_request(sock, address)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
-            try:  # here, on the association's thread, as pynetdicom's accept loop would
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                pynetdicom.transport.LOGGER.error(f"TLS handshake failed: {exc}")
-                request.close()
-                return
-        super().process_request_thread(request, client_address)
-
 
 def start_server(
     ae: ApplicationEntity,
@@ -733,6 +966,7 @@ def start_server(
     receive_dir: Path | None = None,
     handed: bool = False,
     cpus: Collection[int] = (),
+    max_connections_per_peer: int = 0,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
@@ -744,15 +978,17 @@ def start_server(
     ``None``: pynetdicom's default (in memory). ``handed``: the server does not
     listen on ``address`` (the listening socket is another process's), it serves connections
     given to its ``hand(sock, address)`` method. ``cpus``: the CPUs the server's thread, and so
-    the associations' threads it starts, run on (empty: any).
+    the associations' threads it starts, run on (empty: any). ``max_connections_per_peer``:
+    connections one address may have open at once (0: any number).
     """
     check_supported()
     server = ae.make_server(
         address,
-        server_class=_HandedServer if handed else ThreadedAssociationServer,
+        server_class=_HandedServer if handed else _Server,
         request_handler=EventDrivenRequestHandler,
         **kwargs,
     )
+    cast(_Server, server).max_per_peer = max_connections_per_peer
     server.fast_store = fast_store  # type: ignore[attr-defined]
     server.receive_dir = receive_dir  # type: ignore[attr-defined]
     if not handed:
