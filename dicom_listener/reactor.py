@@ -372,7 +372,8 @@ def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a plain C-STORE-RSP, as pynetdicom would encode it.
 
     ``None`` for a response this does not cover (one with an error comment or offending
-    element, or without its UIDs): pynetdicom's own, general encoder handles those.
+    element, without its UIDs, or with a UID that is not ASCII, as a request may carry):
+    pynetdicom's own, general encoder handles those.
     """
     if (
         primitive.MessageIDBeingRespondedTo is None
@@ -381,6 +382,8 @@ def encode_store_response(primitive: C_STORE) -> bytes | None:
         or primitive.OffendingElement is not None
         or not primitive.AffectedSOPClassUID
         or not primitive.AffectedSOPInstanceUID
+        or not primitive.AffectedSOPClassUID.isascii()
+        or not primitive.AffectedSOPInstanceUID.isascii()
     ):
         return None
     return encode_store_rsp(
