@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import inspect
 import logging
@@ -57,6 +58,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import (
@@ -667,10 +669,9 @@ class EventDrivenDUL(DULServiceProvider):
             # Decode the PDU data, get corresponding FSM event
             pdu, event = self._decode_pdu(bytestream)
             self.event_queue.put(event)
-        except Exception as exc:
-            # READ_PDU_EXC_F
-            log.error("Unable to decode the received PDU data")
-            log.exception(exc)
+        except Exception as exc:  # noqa: BLE001 - pynetdicom's own handling, one line
+            # READ_PDU_EXC_F; changed from pynetdicom: one line, not a traceback
+            log.error(f"Unable to decode the received PDU data: {exc!r}")
             # Evt19: Unrecognised or invalid PDU received
             self.event_queue.put("Evt19")
             return False
@@ -732,7 +733,13 @@ class EventDrivenDUL(DULServiceProvider):
                 sleep = True
                 continue
 
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except InvalidEventError:
+                # Changed from pynetdicom: an event the state has no transition for (a local
+                # A-ASSOCIATE response racing an abort the peer provoked, Sta13 + Evt7) is
+                # dropped, where it ended the DUL thread with a traceback (fsm logged it)
+                continue
             sleep = False
             # Changed from pynetdicom: a connection that ends before its A-ASSOCIATE-RQ
             # (closed, ARTIM expired, a PDU refused) wakes the association thread, which
@@ -753,9 +760,20 @@ class EventDrivenAssociation(Association):
         self._activity = threading.Event()
         self.dul = EventDrivenDUL(self)
         self.network_timeout = ae.network_timeout  # the setter arms the new DUL's idle timer
+        self.acse_timeout = ae.acse_timeout  # and this one its ARTIM timer (else 30 s)
         self.dul.to_user_queue = _SignallingQueue(self._activity.set)
         self.dimse = _StoreResponseDIMSE(self)
         self.dimse.msg_queue = _SignallingQueue(self._activity.set)
+
+    # Called once the association's thread ends (the server's count of its peer's connections)
+    on_end: Callable[[], None] | None = None
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            if self.on_end is not None:
+                self.on_end()
 
     def kill(self) -> None:
         self._activity.set()
@@ -868,6 +886,8 @@ class EventDrivenRequestHandler(RequestHandler):
 
         # Association Requestor object -> remote AE
         assoc.requestor.address_info = self.remote
+        if isinstance(self.server, _Server):  # Changed from pynetdicom: the per-peer count
+            self.server.hand_to(assoc, str(self.client_address[0]))
 
         # Bind events to handlers
         for event in server._handlers:
@@ -893,8 +913,9 @@ class _Server(ThreadedAssociationServer):
     max_per_peer = 0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._peers: dict[str, int] = {}
-        self._peers_lock = threading.Lock()
+        self._open: dict[str, int] = {}  # connections by address, until their association ends
+        self._open_lock = threading.Lock()
+        self._handing = threading.local()  # on a connection's thread: its association took over
         super().__init__(*args, **kwargs)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
@@ -902,11 +923,11 @@ class _Server(ThreadedAssociationServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         host = str(client_address[0])
-        with self._peers_lock:
-            open_now = self._peers.get(host, 0)
+        with self._open_lock:
+            open_now = self._open.get(host, 0)
             refused = bool(self.max_per_peer) and open_now >= self.max_per_peer
             if not refused:
-                self._peers[host] = open_now + 1
+                self._open[host] = open_now + 1
         if refused:
             log.warning(
                 "connection refused: too many from this peer",
@@ -917,10 +938,11 @@ class _Server(ThreadedAssociationServer):
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._release(host)
+            self.closed(host)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._handing.taken = False
         try:
             if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
                 request.settimeout(_wait_bound(self.ae))
@@ -932,15 +954,22 @@ class _Server(ThreadedAssociationServer):
                     return
             super().process_request_thread(request, client_address)
         finally:
-            self._release(str(client_address[0]))
+            if not self._handing.taken:
+                self.closed(str(client_address[0]))
 
-    def _release(self, host: str) -> None:
-        with self._peers_lock:
-            left = self._peers.get(host, 1) - 1
+    def hand_to(self, assoc: EventDrivenAssociation, host: str) -> None:
+        """Called on the connection's thread: ``assoc`` ends the connection's count."""
+        self._handing.taken = True
+        assoc.on_end = functools.partial(self.closed, host)
+
+    def closed(self, host: str) -> None:
+        """A connection from ``host`` has ended."""
+        with self._open_lock:
+            left = self._open.get(host, 1) - 1
             if left > 0:
-                self._peers[host] = left
+                self._open[host] = left
             else:
-                self._peers.pop(host, None)
+                self._open.pop(host, None)
 
 
 class _HandedServer(_Server):
