@@ -261,6 +261,14 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="neurogate-fuzz-"))
     listener = Listener(folder, free_port())
     listener.start()
+    try:
+        run(args, rng, folder, listener)
+    finally:
+        if listener.proc is not None and listener.proc.poll() is None:
+            listener.proc.kill()
+
+
+def run(args: argparse.Namespace, rng: random.Random, folder: Path, listener: Listener) -> None:
     started = time.monotonic()
     bases = base_datasets(folder / "scanner")
     files = []

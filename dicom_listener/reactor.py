@@ -132,6 +132,8 @@ DEFAULT_PDU_TIMEOUT_S = 60.0
 MIN_PDU_SIZE = 16 << 10
 # A PDU being read is held about twice: its buffer, and the PDU it is appended to
 _PDU_COPIES = 2
+# Events made from a primitive on the DUL's to_provider_queue (PS3.8 table 9-9)
+_LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 # A-ABORT reasons from the service provider (PS3.8 table 9-26)
 _REASON_NOT_SPECIFIED = 0x00
 _INVALID_PDU_PARAMETER_VALUE = 0x06
@@ -738,7 +740,12 @@ class EventDrivenDUL(DULServiceProvider):
             except InvalidEventError:
                 # Changed from pynetdicom: an event the state has no transition for (a local
                 # A-ASSOCIATE response racing an abort the peer provoked, Sta13 + Evt7) is
-                # dropped, where it ended the DUL thread with a traceback (fsm logged it)
+                # dropped, where it ended the DUL thread with a traceback (fsm logged it).
+                # A local primitive's event leaves the primitive queued (the transition's
+                # action takes it): it goes too, or it would be offered again at every turn.
+                if event in _LOCAL_PRIMITIVE_EVENTS:
+                    with contextlib.suppress(queue.Empty):
+                        self.to_provider_queue.get(block=False)
                 continue
             sleep = False
             # Changed from pynetdicom: a connection that ends before its A-ASSOCIATE-RQ
