@@ -413,7 +413,19 @@ class _StoreResponseDIMSE(DIMSEServiceProvider):
     def receive_primitive(self, primitive: P_DATA) -> None:
         if self.message is None:
             self.message = FastDIMSEMessage()
-        super().receive_primitive(primitive)
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:  # noqa: BLE001 - whatever a command set that pydicom
+            # decodes but pynetdicom cannot read raises (no Command Field, an unknown one):
+            # pynetdicom let it end the DUL thread; this aborts the association, as pynetdicom
+            # does for a message it cannot convert (Evt19: A-ABORT, then closed)
+            requestor = self.assoc.requestor
+            log.error(
+                f"undecodable DIMSE message ({exc!r}); association aborted",
+                extra={"peer": f"{requestor.address}:{requestor.port}"},
+            )
+            self.message = None
+            self.dul.event_queue.put("Evt19")
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
         encoded = None
