@@ -42,8 +42,7 @@ from pynetdicom import AE, _config  # noqa: E402
 from pynetdicom.sop_class import MRImageStorage  # noqa: E402
 
 from tests.dicomgen import write_mr_study  # noqa: E402
-from tests.harness import echo, wait_for  # noqa: E402
-from tests.test_listener_hostile import associate_rq  # noqa: E402
+from tests.harness import associate_rq, echo, wait_for  # noqa: E402
 
 VRS = [b"ZZ", b"DI", b"\x00\x00", b"  ", b"ob", b"SQ", b"UN", b"OB", b"US", b"UI"]
 PER_ASSOCIATION = 200

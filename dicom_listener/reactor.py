@@ -20,6 +20,14 @@ and network timeouts, a dead DUL thread) is still noticed promptly. Two more per
 costs go: a PDU is read with one ``recv`` rather than one per 4 kB, and a plain C-STORE-RSP
 is encoded directly (byte for byte what pynetdicom's pydicom-based encoder writes).
 
+The same copies guard the listener against peers that claim, withhold or flood (issue #19):
+a PDU's claimed length is bounded before anything is allocated for it (:func:`accepted_pdu_size`,
+``CONTROL_PDU_LIMIT``) and its buffer grows only with what arrives; each PDU must arrive whole
+before a deadline (the ARTIM timer before the association, the network timeout after), and
+no wait on a socket outlasts the association's timeouts (:func:`bound_waits`); a connection
+that ends before its A-ASSOCIATE-RQ frees its thread, and its slot, at once; and the server
+takes at most so many connections from one address (``max_connections_per_peer``).
+
 :func:`start_server` goes through pynetdicom's extension point for servers
 (:meth:`~pynetdicom.ae.ApplicationEntity.make_server` with a ``request_handler`` class).
 The replaced methods are copies, so :func:`check_supported` refuses, at start-up, any

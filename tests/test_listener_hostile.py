@@ -23,16 +23,21 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
-from pynetdicom.pdu import A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
-from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage
 
 from dicom_listener.status import Status
 from neurogate.settings import Settings
 from tests.conftest import free_port, make_settings
 from tests.dicomgen import write_mr_study
-from tests.harness import REPO, echo, running_listener, settings_env, storescu, wait_for
+from tests.harness import (
+    REPO,
+    associate_rq,
+    echo,
+    running_listener,
+    settings_env,
+    storescu,
+    wait_for,
+)
 
 pytestmark = pytest.mark.dcmtk
 
@@ -84,23 +89,6 @@ def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
     sock.settimeout(30)
     return sock
-
-
-def associate_rq(called: str = "NEUROGATE") -> bytes:
-    """An A-ASSOCIATE-RQ PDU proposing MR Image Storage, as a scanner would send it."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-    primitive.calling_ae_title = "INTRUDER"
-    primitive.called_ae_title = called
-    context = build_context(MRImageStorage, ExplicitVRLittleEndian)
-    context.context_id = 1
-    primitive.presentation_context_definition_list = [context]
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    primitive.user_information = [maximum]
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
-    return bytes(pdu.encode())
 
 
 def associated(port: int) -> socket.socket:
