@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -248,11 +249,50 @@ def _pydicom_header(path: Path | None, content: bytes | bytearray | None = None)
         assert source is not None
         ds = dcmread(source, defer_size=_DEFER_BYTES)
         _check_complete(ds, path, size, content)
+        _check_readable(ds, 0)
         return _identified(ds.get_item, ds)
     except InvalidInstance:
         raise
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError, TypeError) as exc:
+    except RecursionError as exc:
+        raise InvalidInstance(Status.CANNOT_UNDERSTAND, "sequences nested too deep") from exc
+    except _PYDICOM_ERRORS as exc:
         raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"unreadable dataset: {exc}") from exc
+
+
+# What pydicom raises for a stream it cannot read (NotImplementedError: an unknown VR's value)
+_PYDICOM_ERRORS = (
+    InvalidDicomError,
+    ValueError,
+    KeyError,
+    EOFError,
+    OSError,
+    TypeError,
+    NotImplementedError,
+    struct.error,
+)
+
+
+def _check_readable(ds: Dataset, depth: int) -> None:
+    """Refuse what the worker could not read: an element with a VR outside PS3.5's, or
+    sequences nested deeper than :data:`part10.MAX_DEPTH` (the walk's own limits).
+
+    Values stay as read (raw), except sequences, whose items are checked: those with VR SQ,
+    and those pydicom reads as sequences where the stream names no VR (Implicit VR, UN).
+    """
+    if depth > part10.MAX_DEPTH:
+        raise InvalidInstance(Status.CANNOT_UNDERSTAND, "sequences nested too deep")
+    for raw in ds.elements():
+        vr = raw.VR
+        if vr is None or vr == "UN":
+            undefined = isinstance(raw, RawDataElement) and raw.length == _UNDEFINED_LENGTH
+            if raw.tag not in part10.SEQUENCE_TAGS and not undefined:
+                continue  # no VR on the wire, and pydicom reads it as a value
+            vr = ds[raw.tag].VR
+        if vr == "SQ":
+            for item in ds[raw.tag].value:
+                _check_readable(item, depth + 1)
+        elif vr not in part10.KNOWN_VRS:
+            raise InvalidInstance(Status.CANNOT_UNDERSTAND, f"unknown VR {vr!r} in {Tag(raw.tag)}")
 
 
 def _check_complete(

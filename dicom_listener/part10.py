@@ -14,6 +14,10 @@ For anything else (deflate, big endian, a stream without the "DICM" preamble, or
 finds malformed) it raises :class:`NotWalkable`, and the caller decides with pydicom, which
 stays the judge of what is readable: this walk never accepts a stream that pydicom's checks
 in :mod:`dicom_listener.instances` would refuse, it only answers the common case faster.
+
+What the worker reads later must be readable then: the walk descends into every sequence
+item (of defined length too), so that each element's VR is one of PS3.5's and sequences are
+nested at most :data:`MAX_DEPTH` deep everywhere, not only at the top level.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import struct
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from pydicom.datadict import DicomDictionary
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 PREAMBLE = 128
@@ -46,8 +51,13 @@ SHORT_VRS = frozenset(
 # inside, PS3.5 6.2.2) and encapsulated pixel data.
 _UNDEFINED_LENGTH_VRS = frozenset({b"SQ", b"UN", b"OB", b"OW"})
 _NOT_WALKED = frozenset({DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
-# Deeper nesting than this is not something a scanner sends; pydicom decides.
+# Deeper nesting than this is not something a scanner sends; refused (after pydicom's look).
 MAX_DEPTH = 32
+# Every VR of PS3.5 table 6.2-1, as text
+KNOWN_VRS = frozenset(vr.decode("ascii") for vr in LONG_VRS | SHORT_VRS)
+# Elements the data dictionary makes sequences: in Implicit VR (and as UN, which pydicom reads
+# with the dictionary's VR) their values are items of data sets, whatever their length.
+SEQUENCE_TAGS = frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
 # A whole stream in memory, or memory-mapped from its file
 Buffer = bytes | bytearray | mmap.mmap
@@ -164,10 +174,25 @@ def _walk(
         if length == UNDEFINED_LENGTH:
             if tag in wanted or (vr is not None and vr not in _UNDEFINED_LENGTH_VRS):
                 raise NotWalkable(f"undefined length for ({group:04X},{element:04X})")
-            position = _skip_items(buffer, position, end, explicit and vr != b"UN", depth + 1)
+            # OB or OW: encapsulated pixel data, whose items are fragments
+            items_are_data_sets = vr is None or vr in (b"SQ", b"UN")
+            position = _skip_items(
+                buffer,
+                position,
+                end,
+                explicit and vr != b"UN",
+                depth + 1,
+                data_sets=items_are_data_sets,
+            )
             continue
         if length > end - position:
             raise NotWalkable(f"({group:04X},{element:04X}) runs past the end of the stream")
+        if length and (vr == b"SQ" or ((vr is None or vr == b"UN") and tag in SEQUENCE_TAGS)):
+            # A sequence of defined length: its items are walked, to its last byte
+            _skip_items(
+                buffer, position, position + length, explicit and vr == b"SQ", depth + 1,
+                until=position + length,
+            )  # fmt: skip
         if tag in wanted:
             values[tag] = RawValue(
                 vr.decode("ascii") if vr is not None else None,
@@ -179,25 +204,42 @@ def _walk(
     return position
 
 
-def _skip_items(buffer: Buffer, position: int, end: int, explicit: bool, depth: int) -> int:
-    """Skip the items of a sequence or encapsulated pixel data up to its sequence delimiter."""
+def _skip_items(
+    buffer: Buffer,
+    position: int,
+    end: int,
+    explicit: bool,
+    depth: int,
+    *,
+    data_sets: bool = True,
+    until: int | None = None,
+) -> int:
+    """Walk the items of a sequence (``data_sets``: each item a data set, walked in turn) or of
+    encapsulated pixel data (fragments, skipped); up to its sequence delimiter, or to ``until``
+    for a sequence of defined length."""
     if depth > MAX_DEPTH:
         raise NotWalkable("sequences nested too deep")
     while True:
+        if until is not None and position == until:
+            return position
         if end - position < 8:
-            raise NotWalkable("stream ends inside a sequence of undefined length")
+            raise NotWalkable("stream ends inside a sequence")
         group, element, length = _TAG_LENGTH.unpack_from(buffer, position)
         tag = group << 16 | element
         position += 8
-        if tag == SEQUENCE_DELIMITER:
+        if tag == SEQUENCE_DELIMITER and until is None:
             return position
         if tag != ITEM:
             raise NotWalkable(f"({group:04X},{element:04X}) where an item was expected")
         if length == UNDEFINED_LENGTH:
+            if not data_sets:
+                raise NotWalkable("a pixel data fragment of undefined length")
             position = _walk(
                 buffer, position, end, explicit, (), {}, depth, delimiter=ITEM_DELIMITER
             )
         elif length > end - position:
             raise NotWalkable("an item runs past the end of the stream")
+        elif data_sets:
+            position = _walk(buffer, position, position + length, explicit, (), {}, depth)
         else:
             position += length

@@ -20,6 +20,14 @@ and network timeouts, a dead DUL thread) is still noticed promptly. Two more per
 costs go: a PDU is read with one ``recv`` rather than one per 4 kB, and a plain C-STORE-RSP
 is encoded directly (byte for byte what pynetdicom's pydicom-based encoder writes).
 
+The same copies guard the listener against peers that claim, withhold or flood (issue #19):
+a PDU's claimed length is bounded before anything is allocated for it (:func:`accepted_pdu_size`,
+``CONTROL_PDU_LIMIT``) and its buffer grows only with what arrives; each PDU must arrive whole
+before a deadline (the ARTIM timer before the association, the network timeout after), and
+no wait on a socket outlasts the association's timeouts (:func:`bound_waits`); a connection
+that ends before its A-ASSOCIATE-RQ frees its thread, and its slot, at once; and the server
+takes at most so many connections from one address (``max_connections_per_peer``).
+
 :func:`start_server` goes through pynetdicom's extension point for servers
 (:meth:`~pynetdicom.ae.ApplicationEntity.make_server` with a ``request_handler`` class).
 The replaced methods are copies, so :func:`check_supported` refuses, at start-up, any
@@ -30,9 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import inspect
+import logging
 import queue
+import resource
 import select
 import socket
 import ssl
@@ -55,6 +66,7 @@ from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.fsm import InvalidEventError
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import (
@@ -68,6 +80,8 @@ from pynetdicom.utils import make_target
 from dicom_listener.affinity import pin_this_thread
 from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
 from dicom_listener.fast_store import P_DATA_TF, FastStore, StoreReceiver
+
+log = logging.getLogger(__name__)
 
 # The pynetdicom release and the SHA-256 of each method whose loop is copied below.
 SUPPORTED_PYNETDICOM = "3.0.4"
@@ -113,10 +127,79 @@ _UPSTREAM_DIGESTS = {
 _PDV_OVERHEAD = 6
 # Longest wait between two looks at pynetdicom's clocks and flags.
 MAX_IDLE_S = 0.05
+# The largest P-DATA-TF PDU accepted, whatever MAX_PDU_SIZE says (and the largest advertised)
+PDU_CEILING = 16 << 20
+# Other PDUs (A-ASSOCIATE, A-RELEASE, A-ABORT) are smaller than this: 128 presentation
+# contexts with every transfer syntax pydicom knows make an A-ASSOCIATE-RQ of about 150 kB.
+CONTROL_PDU_LIMIT = 1 << 20
+# A PDU's buffer starts at most this large and grows with what arrives
+READ_STEP = 1 << 20
+# How long a PDU may take when the association has neither a network nor an ACSE timeout
+DEFAULT_PDU_TIMEOUT_S = 60.0
+# Never advertised smaller than this (pynetdicom's own default is 16382)
+MIN_PDU_SIZE = 16 << 10
+# A PDU being read is held about twice: its buffer, and the PDU it is appended to
+_PDU_COPIES = 2
+# Events made from a primitive on the DUL's to_provider_queue (PS3.8 table 9-9)
+_LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
+# A-ABORT reasons from the service provider (PS3.8 table 9-26)
+_REASON_NOT_SPECIFIED = 0x00
+_INVALID_PDU_PARAMETER_VALUE = 0x06
 
 
 class UnsupportedPynetdicom(RuntimeError):
     """The installed pynetdicom is not the one the reactors were copied from."""
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use, if limited: its address-space limit (``RLIMIT_AS``) or
+    its cgroup's ``memory.max``, whichever is lower; ``None`` when neither is set."""
+    limits = []
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    with contextlib.suppress(OSError, ValueError):
+        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if text != "max":
+            limits.append(int(text))
+    return min(limits) if limits else None
+
+
+def accepted_pdu_size(configured: int, max_associations: int) -> int:
+    """The largest P-DATA-TF PDU the listener advertises and accepts.
+
+    ``configured`` (``MAX_PDU_SIZE``; 0: no wish of its own), never more than ``PDU_CEILING``,
+    nor more than a share of the process's memory limit that leaves every association room
+    for a PDU being read and a copy of it, with half the memory left for everything else.
+    """
+    size = min(configured or PDU_CEILING, PDU_CEILING)
+    memory = memory_limit_bytes()
+    if memory is not None:
+        size = min(size, memory // (2 * _PDU_COPIES * max(max_associations, 1)))
+    return max(size, MIN_PDU_SIZE)
+
+
+def bound_waits(sock: socket.socket, seconds: float) -> None:
+    """Make every receive and send on ``sock`` wait at most ``seconds``.
+
+    A plain socket stays a blocking one (no ``poll`` before each call, as Python makes for a
+    socket with a timeout): the kernel ends the wait (``SO_RCVTIMEO``, ``SO_SNDTIMEO``) and
+    the call raises ``BlockingIOError``. A TLS socket gets Python's timeout (the kernel's
+    would only make OpenSSL ask again).
+    """
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(seconds)
+        return
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+def _wait_bound(ae: ApplicationEntity) -> float:
+    """The longest single wait on an association's socket: the shorter of its timeouts."""
+    timeouts = [t for t in (ae.acse_timeout, ae.network_timeout) if t is not None]
+    return float(min(timeouts)) if timeouts else DEFAULT_PDU_TIMEOUT_S
 
 
 def _upstream() -> dict[str, Callable[..., Any]]:
@@ -214,6 +297,10 @@ class _WholeReadSocket(AssociationSocket):
     # Set by the reactor when the select it has just waited in found the socket readable:
     # ``ready`` then answers without a select of its own.
     readable_hint = False
+    # When the PDU being read must be in (time.monotonic()); None: no deadline. Set by the DUL
+    # before each PDU; each wait inside a read is bounded by the socket's own timeout
+    # (:func:`bound_waits`), after which this deadline is looked at.
+    pdu_deadline: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -223,20 +310,41 @@ class _WholeReadSocket(AssociationSocket):
         return bool(super().ready)
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` from the socket; fewer only if the peer closed the connection."""
+        """Read ``nr_bytes`` from the socket; fewer only if the peer closed the connection.
+
+        The buffer grows with what arrives (by at most ``READ_STEP``, then doubling), so a
+        length claimed by a peer costs memory only once its bytes are here.
+
+        Raises
+        ------
+        TimeoutError
+            When ``pdu_deadline`` passes before the bytes are in.
+        """
         sock = cast(socket.socket, self.socket)
         # MSG_WAITALL: the kernel fills the whole buffer before returning (blocking sockets)
         flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
-        buffer = bytearray(nr_bytes)
+        buffer = bytearray(min(nr_bytes, READ_STEP))
         nr_read = 0
-        with memoryview(buffer) as view:
-            while nr_read < nr_bytes:
-                received = sock.recv_into(view[nr_read:], nr_bytes - nr_read, flags)
-                if not received:
-                    break  # connection broken: return what we have, as pynetdicom does
+        while nr_read < nr_bytes:
+            if nr_read == len(buffer):
+                buffer.extend(bytes(min(len(buffer), nr_bytes - len(buffer))))
+            with memoryview(buffer) as whole, whole[nr_read:] as view:
+                try:
+                    received = sock.recv_into(view, len(view), flags)
+                except (BlockingIOError, TimeoutError):  # a wait bounded by bound_waits
+                    received = -1
+            if not received:
+                break  # connection broken: return what we have, as pynetdicom does
+            if received > 0:
                 nr_read += received
+            if nr_read < nr_bytes and self._past_deadline():
+                raise TimeoutError(f"{nr_read} of {nr_bytes} bytes arrived in time")
         del buffer[nr_read:]
         return buffer
+
+    def _past_deadline(self) -> bool:
+        deadline = self.pdu_deadline
+        return deadline is not None and time.monotonic() >= deadline
 
     def recv_waiting(self, nr_bytes: int) -> bytearray | None:
         """As :meth:`recv` if bytes wait on the socket; ``None``, having read nothing, if none do.
@@ -257,11 +365,14 @@ class _WholeReadSocket(AssociationSocket):
             except (OSError, ValueError):  # closed under us: the reactor loop notices
                 return None
             return self.recv(nr_bytes) if ready else None
-        buffer = bytearray(nr_bytes)
+        buffer = bytearray(min(nr_bytes, READ_STEP))
         try:
-            received = sock.recv_into(buffer, nr_bytes, socket.MSG_DONTWAIT)
+            received = sock.recv_into(buffer, len(buffer), socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
+        if received == len(buffer) < nr_bytes:  # a PDU larger than READ_STEP: read the rest
+            buffer += self.recv(nr_bytes - received)
+            return buffer
         if 0 < received < nr_bytes:  # the rest is on its way: wait for it as recv does
             buffer[received:] = self.recv(nr_bytes - received)
         else:
@@ -273,7 +384,8 @@ def encode_store_response(primitive: C_STORE) -> bytes | None:
     """The command set of a plain C-STORE-RSP, as pynetdicom would encode it.
 
     ``None`` for a response this does not cover (one with an error comment or offending
-    element, or without its UIDs): pynetdicom's own, general encoder handles those.
+    element, without its UIDs, or with a UID that is not ASCII, as a request may carry):
+    pynetdicom's own, general encoder handles those.
     """
     if (
         primitive.MessageIDBeingRespondedTo is None
@@ -282,6 +394,8 @@ def encode_store_response(primitive: C_STORE) -> bytes | None:
         or primitive.OffendingElement is not None
         or not primitive.AffectedSOPClassUID
         or not primitive.AffectedSOPInstanceUID
+        or not primitive.AffectedSOPClassUID.isascii()
+        or not primitive.AffectedSOPInstanceUID.isascii()
     ):
         return None
     return encode_store_rsp(
@@ -307,7 +421,19 @@ class _StoreResponseDIMSE(DIMSEServiceProvider):
     def receive_primitive(self, primitive: P_DATA) -> None:
         if self.message is None:
             self.message = FastDIMSEMessage()
-        super().receive_primitive(primitive)
+        try:
+            super().receive_primitive(primitive)
+        except Exception as exc:  # noqa: BLE001 - whatever a command set that pydicom
+            # decodes but pynetdicom cannot read raises (no Command Field, an unknown one):
+            # pynetdicom let it end the DUL thread; this aborts the association, as pynetdicom
+            # does for a message it cannot convert (Evt19: A-ABORT, then closed)
+            requestor = self.assoc.requestor
+            log.error(
+                f"undecodable DIMSE message ({exc!r}); association aborted",
+                extra={"peer": f"{requestor.address}:{requestor.port}"},
+            )
+            self.message = None
+            self.dul.event_queue.put("Evt19")
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
         encoded = None
@@ -330,6 +456,8 @@ class EventDrivenDUL(DULServiceProvider):
         super().__init__(assoc)
         # Set by the request handler when the server has a C-STORE fast path
         self.store_receiver: StoreReceiver | None = None
+        self._requested = False  # an A-ASSOCIATE-RQ came (Sta3 was reached)
+        self._woken = False  # the association thread was told that none will
         self._wake_up = _WakeUp()
         self.to_provider_queue = _SignallingQueue(self._wake_up.set)
         self.event_queue = _SignallingQueue(self._wake_up.set)
@@ -395,6 +523,54 @@ class EventDrivenDUL(DULServiceProvider):
         while in_progress and not self._kill_thread:
             in_progress = self._read_one_pdu(only_waiting=True)
 
+    def _pdu_timeout(self) -> float:
+        """How long the next PDU may take to arrive, once it has begun to.
+
+        Before an association is established, what is left of the ARTIM timer (PS3.8 9.1.5:
+        the A-ASSOCIATE-RQ must be in before it expires); after, the network timeout.
+        """
+        artim = self.artim_timer
+        if artim.timeout is not None and artim._start_time is not None and artim._end_time is None:
+            return max(artim.remaining, 0.0)
+        assoc = self.assoc
+        for timeout in (assoc.network_timeout, assoc.acse_timeout):
+            if timeout is not None:
+                return float(timeout)
+        return DEFAULT_PDU_TIMEOUT_S
+
+    def _pdu_limit(self, pdu_type: int) -> int:
+        """The most bytes a PDU of ``pdu_type`` may claim: what the listener advertised for
+        P-DATA-TF (never more than ``PDU_CEILING``), ``CONTROL_PDU_LIMIT`` for the others."""
+        if pdu_type != P_DATA_TF:
+            return CONTROL_PDU_LIMIT
+        advertised = self.assoc.acceptor.maximum_length or PDU_CEILING
+        return min(advertised, PDU_CEILING)
+
+    def _abort_refused(self, reason: str) -> None:
+        """Abort for a PDU that cannot be read (its stream cannot be followed any further)."""
+        log.error(f"{reason}; association aborted", extra=self._peer())
+        self._abort_and_close(_INVALID_PDU_PARAMETER_VALUE)
+
+    def _abort_stalled(self, exc: TimeoutError) -> None:
+        log.error(f"PDU not received in time ({exc}); association aborted", extra=self._peer())
+        self._abort_and_close(_REASON_NOT_SPECIFIED)
+
+    def _abort_and_close(self, reason: int) -> None:
+        """Send an A-ABORT (best effort, bounded by the socket's send timeout) and treat the
+        connection as closed (Evt17): the association ends and its thread closes the socket."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = 0x02  # the service provider
+        abort_pdu.reason_diagnostic = reason
+        raw = self._connected_socket()
+        if raw is not None:
+            with contextlib.suppress(OSError):
+                raw.send(abort_pdu.encode())
+        self.event_queue.put("Evt17")
+
+    def _peer(self) -> dict[str, object]:
+        requestor = self.assoc.requestor
+        return {"peer": f"{requestor.address}:{requestor.port}"}
+
     def _connected_socket(self) -> socket.socket | None:
         assoc_socket = self.socket
         if assoc_socket is None or not assoc_socket._is_connected:
@@ -416,10 +592,16 @@ class EventDrivenDUL(DULServiceProvider):
         decoded and put on the state machine's queue exactly as before. Returns whether the
         fast path took the PDU and a data set is still in progress there. ``only_waiting``:
         read a PDU only if its first bytes are on the socket already (else return ``False``).
+
+        Also changed: a PDU must arrive whole before a deadline (:meth:`_pdu_timeout`), and
+        one claiming more than the listener accepts (:meth:`_pdu_limit`) is not read; either
+        aborts the association (A-ABORT, then the connection is closed).
         """
         bytestream = bytearray()
         self.socket = cast("AssociationSocket", self.socket)
         log = pynetdicom.dul.LOGGER
+        if isinstance(self.socket, _WholeReadSocket):
+            self.socket.pdu_deadline = time.monotonic() + self._pdu_timeout()
 
         # Try and read the PDU type and length from the socket
         try:
@@ -431,7 +613,10 @@ class EventDrivenDUL(DULServiceProvider):
                 bytestream.extend(header)
             else:
                 bytestream.extend(self.socket.recv(6))
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            self._abort_stalled(exc)
+            return False
+        except OSError as exc:
             # READ_PDU_EXC_A
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
@@ -458,10 +643,22 @@ class EventDrivenDUL(DULServiceProvider):
             self.event_queue.put("Evt19")
             return False
 
+        # Changed from pynetdicom: a length is bounded before anything is allocated for it
+        limit = self._pdu_limit(pdu_type)
+        if pdu_length > limit:
+            self._abort_refused(
+                f"PDU of type 0x{pdu_type:02X} claims {pdu_length} bytes, more than the "
+                f"{limit} accepted"
+            )
+            return False
+
         # Try and read the rest of the PDU
         try:
             bytestream += self.socket.recv(pdu_length)
-        except (OSError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            self._abort_stalled(exc)
+            return False
+        except OSError as exc:
             # READ_PDU_EXC_D
             log.error("Connection closed before the entire PDU was received")
             log.exception(exc)
@@ -494,10 +691,9 @@ class EventDrivenDUL(DULServiceProvider):
             # Decode the PDU data, get corresponding FSM event
             pdu, event = self._decode_pdu(bytestream)
             self.event_queue.put(event)
-        except Exception as exc:
-            # READ_PDU_EXC_F
-            log.error("Unable to decode the received PDU data")
-            log.exception(exc)
+        except Exception as exc:  # noqa: BLE001 - pynetdicom's own handling, one line
+            # READ_PDU_EXC_F; changed from pynetdicom: one line, not a traceback
+            log.error(f"Unable to decode the received PDU data: {exc!r}")
             # Evt19: Unrecognised or invalid PDU received
             self.event_queue.put("Evt19")
             return False
@@ -559,8 +755,28 @@ class EventDrivenDUL(DULServiceProvider):
                 sleep = True
                 continue
 
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except InvalidEventError:
+                # Changed from pynetdicom: an event the state has no transition for (a local
+                # A-ASSOCIATE response racing an abort the peer provoked, Sta13 + Evt7) is
+                # dropped, where it ended the DUL thread with a traceback (fsm logged it).
+                # A local primitive's event leaves the primitive queued (the transition's
+                # action takes it): it goes too, or it would be offered again at every turn.
+                if event in _LOCAL_PRIMITIVE_EVENTS:
+                    with contextlib.suppress(queue.Empty):
+                        self.to_provider_queue.get(block=False)
+                continue
             sleep = False
+            # Changed from pynetdicom: a connection that ends before its A-ASSOCIATE-RQ
+            # (closed, ARTIM expired, a PDU refused) wakes the association thread, which
+            # otherwise waits the whole ACSE timeout for it, holding one of the slots.
+            state = self.state_machine.current_state
+            if state == "Sta3":
+                self._requested = True
+            elif state == "Sta1" and not self._requested and not self._woken:
+                self._woken = True
+                cast(Any, self.to_user_queue).put(None)  # read as "no A-ASSOCIATE-RQ came"
 
 
 class EventDrivenAssociation(Association):
@@ -571,9 +787,20 @@ class EventDrivenAssociation(Association):
         self._activity = threading.Event()
         self.dul = EventDrivenDUL(self)
         self.network_timeout = ae.network_timeout  # the setter arms the new DUL's idle timer
+        self.acse_timeout = ae.acse_timeout  # and this one its ARTIM timer (else 30 s)
         self.dul.to_user_queue = _SignallingQueue(self._activity.set)
         self.dimse = _StoreResponseDIMSE(self)
         self.dimse.msg_queue = _SignallingQueue(self._activity.set)
+
+    # Called once the association's thread ends (the server's count of its peer's connections)
+    on_end: Callable[[], None] | None = None
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            if self.on_end is not None:
+                self.on_end()
 
     def kill(self) -> None:
         self._activity.set()
@@ -657,6 +884,8 @@ class EventDrivenRequestHandler(RequestHandler):
         timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
         assoc.name = f"AcceptorThread@{timestamp}"
 
+        # Changed from pynetdicom: no wait on the socket outlasts the association's timeouts
+        bound_waits(self.request, _wait_bound(self.ae))
         sock = _WholeReadSocket(assoc, client_socket=self.request)
         assoc.set_socket(sock)
         # Changed from pynetdicom: where data sets are received into files (dimse_fast), and
@@ -684,6 +913,8 @@ class EventDrivenRequestHandler(RequestHandler):
 
         # Association Requestor object -> remote AE
         assoc.requestor.address_info = self.remote
+        if isinstance(self.server, _Server):  # Changed from pynetdicom: the per-peer count
+            self.server.hand_to(assoc, str(self.client_address[0]))
 
         # Bind events to handlers
         for event in server._handlers:
@@ -697,8 +928,79 @@ class EventDrivenRequestHandler(RequestHandler):
         return assoc
 
 
-class _HandedServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server for connections accepted by another process.
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's threaded server, guarded against peers that hold connections open.
+
+    At most ``max_per_peer`` connections from one address at a time (0: any number): one more
+    is closed as it is accepted, before a thread is started for it. The TLS handshake is made
+    on the connection's own thread, within the association's timeouts (pynetdicom makes it on
+    the thread that accepts, where one peer that never completes it stops all the others).
+    """
+
+    max_per_peer = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._open: dict[str, int] = {}  # connections by address, until their association ends
+        self._open_lock = threading.Lock()
+        self._handing = threading.local()  # on a connection's thread: its association took over
+        super().__init__(*args, **kwargs)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        return cast(socket.socket, self.socket).accept()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        host = str(client_address[0])
+        with self._open_lock:
+            open_now = self._open.get(host, 0)
+            refused = bool(self.max_per_peer) and open_now >= self.max_per_peer
+            if not refused:
+                self._open[host] = open_now + 1
+        if refused:
+            log.warning(
+                "connection refused: too many from this peer",
+                extra={"peer": f"{host}:{client_address[1]}", "open": open_now},
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.closed(host)
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        self._handing.taken = False
+        try:
+            if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
+                request.settimeout(_wait_bound(self.ae))
+                try:
+                    request = self.ssl_context.wrap_socket(request, server_side=True)
+                except (OSError, ssl.SSLError) as exc:
+                    pynetdicom.transport.LOGGER.error(f"TLS handshake failed: {exc}")
+                    request.close()
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            if not self._handing.taken:
+                self.closed(str(client_address[0]))
+
+    def hand_to(self, assoc: EventDrivenAssociation, host: str) -> None:
+        """Called on the connection's thread: ``assoc`` ends the connection's count."""
+        self._handing.taken = True
+        assoc.on_end = functools.partial(self.closed, host)
+
+    def closed(self, host: str) -> None:
+        """A connection from ``host`` has ended."""
+        with self._open_lock:
+            left = self._open.get(host, 1) - 1
+            if left > 0:
+                self._open[host] = left
+            else:
+                self._open.pop(host, None)
+
+
+class _HandedServer(_Server):
+    """The guarded server for connections accepted by another process.
 
     It never binds or listens: :meth:`hand` gives it a connected socket, and the association
     runs on a thread of its own, as for a connection the server had accepted itself.
@@ -714,16 +1016,6 @@ class _HandedServer(ThreadedAssociationServer):
         """Serve the connected ``sock`` from the peer at ``address``."""
         self.process_request(sock, address)
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        if self.ssl_context is not None and not isinstance(request, ssl.SSLSocket):
-            try:  # here, on the association's thread, as pynetdicom's accept loop would
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                pynetdicom.transport.LOGGER.error(f"TLS handshake failed: {exc}")
-                request.close()
-                return
-        super().process_request_thread(request, client_address)
-
 
 def start_server(
     ae: ApplicationEntity,
@@ -733,6 +1025,7 @@ def start_server(
     receive_dir: Path | None = None,
     handed: bool = False,
     cpus: Collection[int] = (),
+    max_connections_per_peer: int = 0,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
     """``ae.start_server(address, block=False, **kwargs)`` with event-driven associations.
@@ -744,15 +1037,17 @@ def start_server(
     ``None``: pynetdicom's default (in memory). ``handed``: the server does not
     listen on ``address`` (the listening socket is another process's), it serves connections
     given to its ``hand(sock, address)`` method. ``cpus``: the CPUs the server's thread, and so
-    the associations' threads it starts, run on (empty: any).
+    the associations' threads it starts, run on (empty: any). ``max_connections_per_peer``:
+    connections one address may have open at once (0: any number).
     """
     check_supported()
     server = ae.make_server(
         address,
-        server_class=_HandedServer if handed else ThreadedAssociationServer,
+        server_class=_HandedServer if handed else _Server,
         request_handler=EventDrivenRequestHandler,
         **kwargs,
     )
+    cast(_Server, server).max_per_peer = max_connections_per_peer
     server.fast_store = fast_store  # type: ignore[attr-defined]
     server.receive_dir = receive_dir  # type: ignore[attr-defined]
     if not handed:

@@ -36,6 +36,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dicom_listener.assembly import InstanceRecorder, TrackerUnreachable
 from dicom_listener.fast_store import Received
 from dicom_listener.instances import InvalidInstance, read_header
+from dicom_listener.reactor import accepted_pdu_size
 from dicom_listener.status import Status
 from neurogate.settings import ListenerSettings
 from neurogate.storage import InstanceStore, StoreOutcome, tmp_name
@@ -76,7 +77,7 @@ def build_ae(settings: ListenerSettings) -> AE:
     """An AE accepting storage of every storage SOP class, verification and MPPS."""
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_associations = settings.max_associations
-    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_pdu_size = accepted_pdu_size(settings.max_pdu_size, settings.max_associations)
     ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.network_timeout = settings.network_timeout_seconds

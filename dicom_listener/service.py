@@ -73,6 +73,7 @@ def serve_scp(
         receive_dir=store.tmp_dir if listener.chunked_receive else None,
         handed=handed,
         cpus=cpus,
+        max_connections_per_peer=listener.max_connections_per_peer,
     )
 
 

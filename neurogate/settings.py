@@ -49,6 +49,9 @@ class ListenerSettings(BaseModel):
     # Empty: any calling AE may associate. Otherwise only these (A-ASSOCIATE-RJ reason 3).
     allowed_calling_ae_titles: Annotated[list[str], NoDecode] = []
     max_associations: int = Field(10, ge=1)
+    # Connections one address may have open at once (0: any number); one more is closed as it
+    # is accepted. Below max_associations, so that one peer cannot take every slot.
+    max_connections_per_peer: int = Field(5, ge=0)
     # Refuse C-STORE with 0xA700 when less than this is free on the storage volume.
     min_free_disk_mb: int = Field(1024, ge=0)
     # A study is complete this long after its last instance (Orthanc and mercure use 60 s).
@@ -70,7 +73,10 @@ class ListenerSettings(BaseModel):
     # receiver process i runs on cpus[i % len(cpus)].
     cpus: Annotated[list[int], NoDecode] = []
     fsync: bool = True
-    max_pdu_size: int = Field(0, ge=0)  # 0: no limit on what peers may send in one PDU
+    # Largest P-DATA-TF PDU peers may send, as advertised in the A-ASSOCIATE-AC; 0: the
+    # listener's ceiling (16 MiB), which also caps larger values, and so does a share of the
+    # process's memory limit (RLIMIT_AS or the cgroup's memory.max) per association
+    max_pdu_size: int = Field(0, ge=0)
     acse_timeout_seconds: float = 30.0
     dimse_timeout_seconds: float = 60.0
     network_timeout_seconds: float = 60.0

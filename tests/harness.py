@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
+from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
 
 from dicom_listener.service import ListenerService
@@ -215,3 +220,20 @@ def reference_storescp(folder: Path, port: int, *, ae_title: str = "NEUROGATE") 
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def associate_rq(called: str = "NEUROGATE") -> bytes:
+    """An A-ASSOCIATE-RQ PDU proposing MR Image Storage, as a scanner would send it."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title = "INTRUDER"
+    primitive.called_ae_title = called
+    context = build_context(MRImageStorage, ExplicitVRLittleEndian)
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    maximum = MaximumLengthNotification()
+    maximum.maximum_length_received = 16384
+    primitive.user_information = [maximum]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
