@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.bootstrap import ensure_admin
 from api.context import ApiContext
+from api.docs import install_docs
 from api.errors import install_error_handlers, responses
 from api.inference import Classifier
 from api.limits import BodySizeLimit
@@ -102,9 +103,13 @@ def create_app(
         lifespan=lifespan,
         # Any route may meet a body it cannot parse, or fail unexpectedly.
         responses=responses(400, 500),
+        # FastAPI's pages load their assets from a CDN; install_docs serves them locally.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.context = context
     install_error_handlers(app)
+    install_docs(app)
     for module in (auth, users, patients, studies, uploads, classify, service, audit):
         app.include_router(module.router)
     app.add_middleware(
