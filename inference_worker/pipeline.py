@@ -1,4 +1,5 @@
-"""The analysis pipeline: one place that knows the stages and wires them (:func:`compose`).
+"""The analysis pipeline: one place that knows the stages and wires them (:func:`_analyse`,
+behind :func:`analyse` for a DICOM study and :func:`analyse_nifti` for NIfTI volumes).
 
 select series → load volumes → extract the brain (the intracranial mask, from every series) →
 canonical grid centred on it → detect on planes that hold brain, with everything outside the skull

@@ -63,8 +63,9 @@ class ListenerSettings(BaseModel):
     # request goes through pynetdicom's service class, as any other DIMSE message does
     fast_store: bool = True
     # Processes receiving on the listener's port: 1, the listener process itself; more, that many
-    # receiver processes sharing the port (SO_REUSEPORT) to spread concurrent associations over
-    # CPU cores, reporting to the listener process's study tracker
+    # receiver processes, to which the listener process hands each accepted connection in turn
+    # (the socket passed over a Unix socket pair; see dicom_listener.receivers), to spread
+    # concurrent associations over CPU cores, reporting to the listener process's study tracker
     processes: int = Field(1, ge=1, le=64)
     # CPUs the associations run on (Linux CPU numbers; empty: wherever the kernel puts them).
     # A process runs Python on one core at a time, and its association threads hand the
