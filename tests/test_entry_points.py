@@ -1,5 +1,6 @@
 """``python -m api``, ``python -m inference_worker`` and ``python -m dicom_listener`` are the
-CLI's ``api``, ``worker`` and ``listener``: the same help, and the same refusal of settings that are not valid (nothing is started)."""
+CLI's ``api``, ``worker`` and ``listener``: the same help, and the same
+refusal of settings that are not valid (nothing is started)."""
 
 from __future__ import annotations
 
