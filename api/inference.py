@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from models.registry import ModelManifest, Preprocessing, Task
+from models.registry import ModelManifest, Task
 
 # The plane a canonical-grid model was trained on: (j, i) of the 2 mm grid.
 _CANONICAL_PLANE = (120, 96)
@@ -83,7 +83,7 @@ class Classifier:
         from models.preprocessing import normalise
 
         plane = normalise(np.clip(image - float(np.min(image)), 0, None))
-        if self.manifest().preprocessing is Preprocessing.CANONICAL:
+        if self.manifest().on_canonical_grid:
             height, width = self.manifest().input_shape[:2]
             target = (min(_CANONICAL_PLANE[0], height), min(_CANONICAL_PLANE[1], width))
             scale = min(target[0] / plane.shape[0], target[1] / plane.shape[1])

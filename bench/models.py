@@ -47,7 +47,7 @@ def _phantom(seed: int, tumour_type: str) -> SyntheticCase:
     sys.path.insert(0, str(REPO / "bench"))
     import heads  # bench/heads.py: the independent anatomy
 
-    return heads.make_case(seed, tumour_type)  # type: ignore[no-any-return]
+    return heads.make_head(seed, tumour_type)  # type: ignore[no-any-return]
 
 
 CASES: dict[str, Callable[[int, str], SyntheticCase]] = {

@@ -182,22 +182,44 @@ def analyse_nifti(
     return _analyse(study_instance_uid, lambda: prepare_nifti(files, budget), models, progress)
 
 
+def analyse_volumes(
+    study_instance_uid: str,
+    volumes: Mapping[Role, Volume],
+    models: Models,
+    progress: Progress | None = None,
+) -> Analysis:
+    """Analyse volumes already in memory, one per role (benchmarks; no result objects)."""
+    reasons = {role: f"given as {role.value}" for role in volumes}
+    return _analyse(study_instance_uid, lambda: prepare_volumes(volumes, reasons), models, progress)
+
+
+def prepare_volumes(volumes: Mapping[Role, Volume], reasons: Mapping[Role, str]) -> Prepared:
+    """A selection of the given volumes, each with the reason it was chosen as its role."""
+    if not volumes:
+        raise ValueError("no volumes given")
+    chosen = {
+        role: Choice(role, generate_uid(prefix=None), 1.0, (reasons[role],)) for role in volumes
+    }
+    missing = tuple(r for r in Role if r not in volumes)
+    return Prepared(Selection(chosen, missing), dict(volumes), {}, {})
+
+
 def prepare_nifti(files: Mapping[str, Path], budget: DecodeBudget = DEFAULT_BUDGET) -> Prepared:
     """Volumes from NIfTI files (read in patient LPS coordinates by SimpleITK)."""
     volumes: dict[Role, Volume] = {}
-    chosen: dict[Role, Choice] = {}
     for name, path in files.items():
         try:
             role = Role(name.upper())
         except ValueError as exc:
             raise ValueError(f"unknown role {name!r}: expected T1, T1CE, T2 or FLAIR") from exc
         volumes[role] = read_nifti(path, budget)
-        uid = generate_uid(prefix=None)
-        chosen[role] = Choice(role, uid, 1.0, (f"uploaded as {role.value}: {path.name}",))
     if not volumes:
         raise ValueError("no NIfTI volumes given")
-    missing = tuple(r for r in Role if r not in volumes)
-    return Prepared(Selection(chosen, missing), volumes, {}, {})
+    reasons = {
+        Role(name.upper()): f"uploaded as {name.upper()}: {path.name}"
+        for name, path in files.items()
+    }
+    return prepare_volumes(volumes, reasons)
 
 
 def read_nifti(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> Volume:
@@ -297,7 +319,8 @@ def _analyse(
             planes=[int(k) for k in planes],
             planes_from=planes_from,
         )
-        plane = predict.brain_only(channels[classify_role][result.plane], inside[result.plane])
+        preprocessing = manifests[Task.CLASSIFICATION].preprocessing
+        plane = predict.brain_only(channels[classify_role], inside, preprocessing)[result.plane]
         heatmap = timed(
             "grad_cam",
             lambda: predict.grad_cam(
@@ -340,7 +363,10 @@ def _analyse(
         seconds=seconds,
     )
     sources = tuple(prepared.files.get(_reference_role(prepared), ()))
-    return Analysis(findings, region_masks, grad_cam, sources)
+    grid_masks = None if masks is None else {r: masks[r] for r in REGIONS}
+    return Analysis(
+        findings, region_masks, grad_cam, sources, study.grid, study.intracranial, grid_masks
+    )
 
 
 def _reference_role(prepared: Prepared) -> Role:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from models.preprocessing import brain_normalise
 from models.registry import ModelManifest, Preprocessing
 
 # On the mean of _RUN neighbouring planes; set on the validation seeds (50000..), where tumour-free
@@ -27,6 +28,7 @@ _RUN = 3  # planes averaged: a detection must hold on neighbouring planes
 _TOP_PLANES = 5
 NO_TUMOUR_LABEL = "notumor"  # the Kaggle data set's folder name
 _BRAIN_PLANE_FRACTION = 0.05  # planes with less head than this are skipped
+_BRAIN_AREA_OF_LARGEST = 0.4  # brain planes: at least this share of the largest one's area
 
 
 @dataclass(frozen=True)
@@ -52,13 +54,29 @@ def head_planes(volume: np.ndarray) -> np.ndarray:
 
 
 def brain_planes(inside: np.ndarray) -> np.ndarray:
-    """Axial planes (k) whose intracranial area is enough to judge."""
+    """Axial planes (k) whose intracranial area is enough to judge.
+
+    At least :data:`_BRAIN_AREA_OF_LARGEST` of the study's largest intracranial plane: the
+    slivers of temporal pole and cerebellum between the skull base's bones (the lowest few
+    planes), which no training plane looked like once masked, are left out. Measured on 17
+    whole heads: with them, one of five normal heads scored 0.99; without, the highest 0.65.
+    """
     area = inside.sum(axis=(1, 2))
-    return np.flatnonzero(area >= _BRAIN_PLANE_FRACTION * inside.shape[1] * inside.shape[2])
+    floor = max(
+        _BRAIN_PLANE_FRACTION * inside.shape[1] * inside.shape[2],
+        _BRAIN_AREA_OF_LARGEST * float(area.max(initial=0)),
+    )
+    return np.flatnonzero((area >= floor) & (area > 0))
 
 
-def brain_only(image: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    """``image`` with everything outside the intracranial mask set to zero."""
+def brain_only(
+    image: np.ndarray, inside: np.ndarray, preprocessing: Preprocessing = Preprocessing.BRAIN
+) -> np.ndarray:
+    """``image`` (a volume on the canonical grid) with everything outside the intracranial mask
+    set to zero; a model whose manifest says ``brain`` also gets it scaled by the intracranial
+    part's own robust maximum (what it was trained on), others keep the head's scale."""
+    if preprocessing is Preprocessing.BRAIN:
+        return brain_normalise(image, inside)
     return np.where(inside, image, 0).astype(np.float32)
 
 
@@ -66,7 +84,7 @@ def model_input(planes: np.ndarray, manifest: ModelManifest) -> np.ndarray:
     """(n, j, i) canonical planes → (n, H, W, C) as the manifest's model expects."""
     height, width, channels = manifest.input_shape
     n, j, i = planes.shape
-    if manifest.preprocessing is Preprocessing.CANONICAL:
+    if manifest.on_canonical_grid:
         out = np.zeros((n, height, width), np.float32)
         top, left = (height - j) // 2, (width - i) // 2
         out[:, top : top + j, left : left + i] = planes
@@ -91,7 +109,7 @@ def detect(
         inputs = volume[planes]
     else:
         planes = brain_planes(inside)
-        inputs = brain_only(volume[planes], inside[planes])
+        inputs = brain_only(volume, inside, manifest.preprocessing)[planes]
     probs = model.predict(model_input(inputs, manifest), verbose=0, batch_size=32)
     probs = np.asarray(probs, np.float32).reshape(len(planes), -1)[:, -1]
     smoothed = ndimage.uniform_filter1d(probs, _RUN, mode="nearest") if len(probs) else probs
@@ -128,7 +146,10 @@ def classify(
     With ``inside``, the classifier sees only the intracranial part of each plane.
     """
     chosen = classification_planes(detection)[0] if planes is None else np.asarray(planes)
-    inputs = volume[chosen] if inside is None else brain_only(volume[chosen], inside[chosen])
+    if inside is None:
+        inputs = volume[chosen]
+    else:
+        inputs = brain_only(volume, inside, manifest.preprocessing)[chosen]
     probs = np.asarray(model.predict(model_input(inputs, manifest), verbose=0))
     mean = probs.mean(axis=0)
     if detection.tumour and NO_TUMOUR_LABEL in manifest.labels:
@@ -165,7 +186,7 @@ def grad_cam(
     height, width = manifest.input_shape[:2]
     cam = ndimage.zoom(cam, (height / cam.shape[0], width / cam.shape[1]), order=1)
     j, i = plane.shape
-    if manifest.preprocessing is Preprocessing.CANONICAL:
+    if manifest.on_canonical_grid:
         top, left = (height - j) // 2, (width - i) // 2
         cam = cam[top : top + j, left : left + i]
     else:

@@ -53,6 +53,18 @@ def normalise(array: np.ndarray) -> np.ndarray:
     return np.clip(array / top, 0, _CLIP).astype(np.float32)
 
 
+def brain_normalise(array: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Only the intracranial part of ``array``, scaled so that its robust maximum is 1.
+
+    What the 2D networks see (as BraTS-style models see skull-stripped images): whatever lies
+    outside the skull (orbital and neck fat, a field of view that reaches the shoulders)
+    changes neither the picture nor its scale.
+    """
+    values = array[inside & (array > 0)]
+    top = float(np.percentile(values, _ROBUST_PERCENTILE)) if values.size else 1.0
+    return np.where(inside, np.clip(array / (top or 1.0), 0, _CLIP), 0).astype(np.float32)
+
+
 def on_grid(volume: Volume, grid: Volume) -> np.ndarray:
     """``volume`` resampled onto ``grid`` and normalised."""
     return normalise(resample_to(volume.with_array(volume.array.astype(np.float32)), grid).array)

@@ -35,6 +35,9 @@ class Framework(StrEnum):
 
 class Preprocessing(StrEnum):
     CANONICAL = "canonical"  # models.preprocessing: 2 mm grid, robust-max normalisation
+    # The same planes, only their intracranial part, scaled by its own robust maximum
+    # (models.preprocessing.brain_normalise): a model trained on brain-extracted planes.
+    BRAIN = "brain"
     UNIT = "unit"  # a 2D image scaled to 0..1 (Kaggle-style classifiers)
     IMAGENET = "imagenet"  # 0..255 RGB, as keras.applications models expect
 
@@ -81,6 +84,11 @@ class ModelManifest:
         if len(manifest.sha256) != 64:
             raise ValueError(f"invalid model manifest {path}: sha256 must be 64 hex digits")
         return manifest
+
+    @property
+    def on_canonical_grid(self) -> bool:
+        """Whether the model takes planes of the canonical grid as they are (no resizing)."""
+        return self.preprocessing in (Preprocessing.CANONICAL, Preprocessing.BRAIN)
 
     @property
     def window(self) -> tuple[int, int, int] | None:

@@ -262,12 +262,20 @@ def dicom_bomb(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 
 def test_a_decompression_bomb_is_refused_from_its_header_by_classify_and_predict(
-    client: TestClient, staff: dict[str, str], dicom_bomb: bytes
+    tmp_path: Path, classifier: Classifier, dicom_bomb: bytes
 ) -> None:
-    classify = client.post("/api/classify", files={"file": ("bomb.dcm", dicom_bomb)}, headers=staff)
-    batch = client.post(
-        "/predict", json={"image": [base64.b64encode(dicom_bomb).decode()]}, headers=staff
-    )
+    """A bomb small enough to pass the body limit (here raised above its 50 MB) still never gets
+    decoded: its header is what is refused."""
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_request_mb=128)
+    with running_app(settings) as client:
+        client.app.state.context.classifier = classifier  # type: ignore[attr-defined]
+        staff = add_user(client, "clin", "clinician")
+        classify = client.post(
+            "/api/classify", files={"file": ("bomb.dcm", dicom_bomb)}, headers=staff
+        )
+        batch = client.post(
+            "/predict", json={"image": [base64.b64encode(dicom_bomb).decode()]}, headers=staff
+        )
     for response in (classify, batch):
         assert response.status_code == 413, response.text
         assert error_code(response) == "FILE_TOO_LARGE"

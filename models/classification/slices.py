@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from models.classification.networks import INPUT_SHAPE
+from models.preprocessing import brain_normalise
 from models.training.data import CLASSES, class_index
 
 # Channel order of the canonical grid (models.synthetic.MODALITIES) and how often each is shown.
@@ -27,11 +29,17 @@ def to_input(plane: np.ndarray) -> np.ndarray:
 
 
 def example_slices(
-    path: Path, rng: np.random.Generator, per_example: int = 24
+    path: Path, rng: np.random.Generator, per_example: int = 24, whole_planes: float = 0.0
 ) -> Iterable[tuple[np.ndarray, int, int]]:
-    """(input, tumour present 0/1, class index) for sampled axial slices of one example."""
+    """(input, tumour present 0/1, class index) for sampled axial slices of one example.
+
+    A share ``whole_planes`` of the slices is shown whole (head, skull and scalp, normalised
+    over the head) rather than brain only: the classifier also serves ``/api/classify``, whose
+    pictures come without a brain mask.
+    """
     with np.load(path) as data:
         image, label, brain = data["image"], data["label"], data["brain"]
+        inside = data.get("intracranial", brain)
         tumour_type = str(data["tumour_type"])
     tumour_area = (label > 0).sum(axis=(1, 2))
     brain_area = brain.sum(axis=(1, 2))
@@ -40,9 +48,21 @@ def example_slices(
     chosen = list(rng.permutation(positive)[: per_example // 2])
     chosen += list(rng.permutation(negative)[: per_example - len(chosen)])
     klass = class_index(tumour_type)
+    # The networks see only the intracranial part (models.preprocessing.brain_normalise) of a
+    # mask that is extracted, not known: grown or shrunk by a voxel at random.
+    masks = [inside, ndimage.binary_dilation(inside), ndimage.binary_erosion(inside)]
+    normalised: dict[tuple[int, int], np.ndarray] = {}
     for k in chosen:
-        channel = rng.choice(4, p=CONTRAST_WEIGHTS)
-        plane = image[channel, k].astype(np.float32)
+        channel = int(rng.choice(4, p=CONTRAST_WEIGHTS))
+        variant = int(rng.integers(len(masks)))
+        if (channel, variant) not in normalised:
+            normalised[channel, variant] = brain_normalise(
+                image[channel].astype(np.float32), masks[variant]
+            )
+        if rng.random() < whole_planes:
+            plane = image[channel, k].astype(np.float32)
+        else:
+            plane = normalised[channel, variant][k]
         if rng.random() < 0.5:
             plane = plane[:, ::-1]
         present = int(tumour_area[k] > 0)

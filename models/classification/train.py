@@ -1,8 +1,10 @@
 """Train the slice detector and classifier: ``python -m models.classification.train``.
 
 Both learn from axial slices of the synthetic canonical-grid examples, shown in a random
-contrast so that they work on whichever series a study has. Writes ``detector.keras`` and
-``classifier.keras`` next to this file.
+contrast so that they work on whichever series a study has, and only their intracranial part,
+scaled by its own robust maximum (``models.preprocessing.brain_normalise``, what the pipeline
+feeds them after brain extraction): what lies outside the skull never reaches them. Writes
+``detector.keras`` and ``classifier.keras`` next to this file.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ HERE = Path(__file__).parent
 
 
 def arrays(
-    paths: list[Path], seed: int, per_example: int
+    paths: list[Path], seed: int, per_example: int, whole_planes: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     xs, present, classes = [], [], []
     for path in paths:
-        for x, p, c in example_slices(path, rng, per_example):
+        for x, p, c in example_slices(path, rng, per_example, whole_planes):
             xs.append(x)
             present.append(p)
             classes.append(c)
@@ -37,14 +39,21 @@ def main() -> None:
     parser.add_argument("--validation", type=Path, default=Path("var/training/validation"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--per-example", type=int, default=32)
+    parser.add_argument(
+        "--whole-planes", type=float, default=0.25,
+        help="share of the classifier's slices shown whole, not brain only (for /api/classify)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=HERE, help="where the .keras files go")
     args = parser.parse_args()
     import keras
 
     keras.utils.set_random_seed(0)
     from models.classification.networks import slice_cnn
 
-    x, present, classes = arrays(sorted(args.examples.glob("*.npz")), 0, args.per_example)
-    vx, vpresent, vclasses = arrays(sorted(args.validation.glob("*.npz")), 1, args.per_example)
+    examples = sorted(args.examples.glob("*.npz"))
+    validation = sorted(args.validation.glob("*.npz"))
+    x, present, _ = arrays(examples, 0, args.per_example)
+    vx, vpresent, _ = arrays(validation, 1, args.per_example)
     print(f"{len(x)} training slices ({present.mean():.0%} with tumour), {len(vx)} validation")
 
     detector = slice_cnn(1, "sigmoid", "neurogate_detector")
@@ -54,7 +63,12 @@ def main() -> None:
     detector.fit(
         x, present, batch_size=32, epochs=args.epochs, validation_data=(vx, vpresent), verbose=2
     )
-    detector.save(HERE / "detector.keras")
+    detector.save(args.out / "detector.keras")
+    del x, vx
+
+    # The classifier sees some slices whole too: /api/classify has no brain mask.
+    x, _, classes = arrays(examples, 2, args.per_example, args.whole_planes)
+    vx, _, vclasses = arrays(validation, 3, args.per_example, args.whole_planes)
 
     classifier = slice_cnn(len(CLASSES), "softmax", "neurogate_classifier")
     classifier.compile(
@@ -65,7 +79,7 @@ def main() -> None:
     classifier.fit(
         x, classes, batch_size=32, epochs=args.epochs, validation_data=(vx, vclasses), verbose=2
     )
-    classifier.save(HERE / "classifier.keras")
+    classifier.save(args.out / "classifier.keras")
 
 
 if __name__ == "__main__":

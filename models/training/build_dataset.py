@@ -22,7 +22,7 @@ def write_example(job: tuple[Path, int]) -> str:
     partial = path.with_suffix(".partial.npz")
     np.savez_compressed(
         partial, image=example.image, label=example.label, brain=example.brain,
-        tumour_type=example.tumour_type,
+        intracranial=example.intracranial, tumour_type=example.tumour_type,
     )  # fmt: skip
     partial.rename(path)  # an interrupted run never leaves a truncated example behind
     return f"{path.name} {example.tumour_type}"

@@ -34,13 +34,15 @@ _MODELS: dict[str, dict[str, Any]] = {
         "description": "Tumour present on an axial 2 mm plane; any MR contrast.",
     },
     "classification": {
+        "version": "0.2.0",
         "name": "neurogate-slice-classifier",
         "framework": "keras",
         "file": "../classification/classifier.keras",
         "input_shape": [128, 128, 1],
-        "preprocessing": "canonical",
+        "preprocessing": "brain",
         "labels": list(CLASSES),
-        "description": "Glioma / meningioma / no tumour / pituitary on an axial 2 mm plane.",
+        "description": "Glioma / meningioma / no tumour / pituitary on the intracranial part of "
+        "an axial 2 mm plane.",
     },
     "segmentation": {
         "name": "neurogate-unet3d",
