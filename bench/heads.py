@@ -27,7 +27,6 @@ acquires it with full-head fields of view (vertex to neck) and writes a DICOM st
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import re
 import sys
@@ -42,8 +41,8 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # before bench/ itself, whose models.py would shadow the package
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from pydicom.uid import MRImageStorage, generate_uid  # noqa: E402
 
 from models.synthetic.acquisition import (  # noqa: E402
     RAS_TO_LPS,
@@ -63,10 +62,10 @@ from models.synthetic.case import (  # noqa: E402
     region_volumes_ml,
 )
 from models.synthetic.dicom import (  # noqa: E402
-    IMPLEMENTATION_UID,
     VENDORS,
     SyntheticStudy,
     WrittenSeries,
+    write_series,
 )
 
 Array = np.ndarray
@@ -1152,62 +1151,16 @@ def _named_for_plane(name: str, orientation: str) -> str:
 def _write(
     base: Dataset, acquired: AcquiredSeries, folder: Path, number: int, description: str
 ) -> WrittenSeries:
-    protocol = acquired.protocol
-    sequence, variant, options, tr, te, ti, flip = _SEQUENCES[protocol.modality]
-    series_uid = generate_uid()
-    safe = description.replace(" ", "_").replace("+", "plus")
-    series_dir = folder / f"{number:03d}_{safe}"
-    series_dir.mkdir(parents=True, exist_ok=True)
-    row, column, normal = acquired.direction.T
-    low, high = np.percentile(acquired.pixels, [1, 99.5])
-    files = []
-    for k in range(acquired.pixels.shape[0]):
-        ds = copy.deepcopy(base)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = IMPLEMENTATION_UID
-        ds.file_meta = meta
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = number
-        ds.SeriesDescription = ds.ProtocolName = description
-        ds.InstanceNumber = k + 1
-        ds.AcquisitionNumber = 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]
-        ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = sequence, variant, options
-        ds.MRAcquisitionType = "3D" if protocol.three_d else "2D"
-        ds.RepetitionTime, ds.EchoTime, ds.FlipAngle = tr, te, flip
-        if ti is not None:
-            ds.InversionTime = ti
-        if protocol.modality == "t1ce":
-            ds.ContrastBolusAgent = "Gadoterate"
-        position = acquired.origin + k * acquired.spacing[2] * normal
-        ds.ImagePositionPatient = [round(float(v), 4) for v in position]
-        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *column)]
-        ds.PixelSpacing = [float(acquired.spacing[1]), float(acquired.spacing[0])]
-        ds.SliceThickness = float(acquired.spacing[2])
-        ds.SpacingBetweenSlices = float(acquired.spacing[2])
-        ds.SliceLocation = round(float(np.dot(position, normal)), 4)
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = acquired.pixels.shape[1:]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = round(float(low + high) / 2)
-        ds.WindowWidth = max(round(float(high - low)), 1)
-        ds.PixelData = acquired.pixels[k].tobytes()
-        path = series_dir / f"{k + 1:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        files.append(path)
-    return WrittenSeries(
-        protocol.modality,
-        series_uid,
-        description,
-        files,
-        acquired.affine_lps,
-        acquired.pixels.shape,
+    """The phantom's own sequence parameters, written by the generator's series writer."""
+    return write_series(
+        base,
+        acquired,
+        folder,
+        number=number,
+        description=description,
+        image_type=["ORIGINAL", "PRIMARY", "M", "ND"],
+        sequence_parameters=_SEQUENCES[acquired.protocol.modality],
+        contrast_agent="Gadoterate",
     )
 
 

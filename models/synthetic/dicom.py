@@ -170,7 +170,7 @@ def _base(
     return ds
 
 
-def _write_series(
+def write_series(
     base: Dataset,
     acquired: AcquiredSeries,
     folder: Path,
@@ -178,9 +178,18 @@ def _write_series(
     number: int,
     description: str,
     image_type: list[str],
+    sequence_parameters: tuple[object, ...] | None = None,
+    contrast_agent: str = "Gadobutrol",
 ) -> WrittenSeries:
+    """One acquired series as single-frame MR files under ``folder``, on top of ``base`` (the
+    patient, study and equipment attributes every series of the study shares).
+
+    ``sequence_parameters``: ScanningSequence, SequenceVariant, ScanOptions, TR, TE, TI (or
+    None) and flip angle; by default this generator's for the series' contrast.
+    """
     protocol = acquired.protocol
-    sequence, variant, options, tr, te, ti, flip = _SEQUENCE[protocol.modality]
+    parameters = sequence_parameters or _SEQUENCE[protocol.modality]
+    sequence, variant, options, tr, te, ti, flip = parameters
     series_uid = generate_uid()
     series_dir = folder / f"{number:03d}_{description.replace(' ', '_').replace('+', 'plus')}"
     series_dir.mkdir(parents=True, exist_ok=True)
@@ -214,7 +223,7 @@ def _write_series(
             ds.InversionTime = ti
         ds.EchoTrainLength = 1 if protocol.three_d else 16
         if protocol.modality == "t1ce":
-            ds.ContrastBolusAgent = "Gadobutrol"
+            ds.ContrastBolusAgent = contrast_agent
         position = acquired.origin + k * acquired.spacing[2] * normal
         ds.ImagePositionPatient = [round(float(v), 4) for v in position]
         ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row, *column)]
@@ -274,7 +283,7 @@ def write_dicom_study(
     written = {}
     for modality in modalities:
         acquired = acquire(case, profile.protocols[modality], rng)
-        written[modality] = _write_series(
+        written[modality] = write_series(
             base,
             acquired,
             folder,
@@ -293,7 +302,7 @@ def write_dicom_study(
             three_d=False,
         )
         extra.append(
-            _write_series(
+            write_series(
                 base,
                 acquire(case, localiser, rng),
                 folder,
@@ -304,7 +313,7 @@ def write_dicom_study(
         )
         diffusion = replace(profile.protocols["t2"], in_plane_mm=1.9, tilt_deg=0.0)
         extra.append(
-            _write_series(
+            write_series(
                 base,
                 acquire(case, diffusion, rng),
                 folder,
