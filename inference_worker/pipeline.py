@@ -270,7 +270,7 @@ def _analyse(
         "brain_extraction", lambda: canonical(prepared.volumes, loaded[Task.BRAIN_EXTRACTION])
     )
     channels, inside = study.channels, study.intracranial
-    brain_role = next(r for r in REFERENCE_ORDER if r in prepared.volumes)
+    brain_role = _reference_role(prepared)
 
     detect_role = _first(DETECTION_ORDER, channels)
     detection = timed(
@@ -301,15 +301,14 @@ def _analyse(
     if detection.tumour:
         classify_role = _first(CLASSIFICATION_ORDER, channels)
         planes, planes_from = predict.classification_planes(detection, masks)
+        # What the classifier sees (its intracranial part): for its planes and Grad-CAM's.
+        seen = predict.brain_only(
+            channels[classify_role], inside, manifests[Task.CLASSIFICATION].preprocessing
+        )
         result = timed(
             "classification",
             lambda: predict.classify(
-                loaded[Task.CLASSIFICATION],
-                manifests[Task.CLASSIFICATION],
-                channels[classify_role],
-                detection,
-                planes,
-                inside,
+                loaded[Task.CLASSIFICATION], manifests[Task.CLASSIFICATION], seen, detection, planes
             ),
         )
         classification = ClassificationFinding(
@@ -319,8 +318,7 @@ def _analyse(
             planes=[int(k) for k in planes],
             planes_from=planes_from,
         )
-        preprocessing = manifests[Task.CLASSIFICATION].preprocessing
-        plane = predict.brain_only(channels[classify_role], inside, preprocessing)[result.plane]
+        plane = seen[result.plane]
         heatmap = timed(
             "grad_cam",
             lambda: predict.grad_cam(

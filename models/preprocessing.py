@@ -20,24 +20,34 @@ _ROBUST_PERCENTILE = 99.0
 _CLIP = 2.0
 
 
+def head_centre(volume: Volume) -> np.ndarray:
+    """LPS mm of the centroid of the bright part of ``volume`` (the head, and any neck in view)."""
+    array = volume.array
+    foreground = array > _FOREGROUND_FRACTION * np.percentile(array, _ROBUST_PERCENTILE)
+    k, j, i = np.argwhere(foreground).mean(axis=0)
+    return (volume.affine @ [i, j, k, 1])[:3]
+
+
 def canonical_grid(reference: Volume) -> Volume:
     """An empty 2 mm grid in patient axes (LPS), centred on ``reference``'s head.
 
     Only right for a head without face and neck in view; received studies are centred on their
     intracranial mask instead (:func:`canonical_grid_at`).
     """
-    array = reference.array
-    foreground = array > _FOREGROUND_FRACTION * np.percentile(array, _ROBUST_PERCENTILE)
-    k, j, i = np.argwhere(foreground).mean(axis=0)
-    return canonical_grid_at((reference.affine @ [i, j, k, 1])[:3])
+    return canonical_grid_at(head_centre(reference))
 
 
 def canonical_grid_at(centre: np.ndarray) -> Volume:
     """An empty 2 mm grid in patient axes (LPS) centred on ``centre`` (LPS mm)."""
-    spacing = np.full(3, GRID_MM)
-    half = (np.array(GRID_SHAPE[::-1]) - 1) / 2 * spacing
+    return grid_at(centre, GRID_SHAPE, GRID_MM)
+
+
+def grid_at(centre: np.ndarray, shape: tuple[int, int, int], mm: float) -> Volume:
+    """An empty isotropic grid of ``shape`` (k, j, i), patient axes (LPS), centred on ``centre``."""
+    spacing = np.full(3, mm)
+    half = (np.array(shape[::-1]) - 1) / 2 * spacing
     return Volume(
-        array=np.zeros(GRID_SHAPE, np.float32),
+        array=np.zeros(shape, np.float32),
         origin=np.asarray(centre, float)[:3] - half,
         spacing=spacing,
         direction=np.eye(3),

@@ -19,12 +19,10 @@ import numpy as np
 from scipy import ndimage
 
 from models.imaging import Volume, resample_to
-from models.preprocessing import normalise
+from models.preprocessing import grid_at, head_centre, on_grid
 
 GRID_MM = 4.0
 GRID_SHAPE = (80, 64, 64)  # (k: inferior->superior, j: anterior->posterior, i: right->left)
-_FOREGROUND_FRACTION = 0.1
-_ROBUST_PERCENTILE = 99.0
 _THRESHOLD = 0.5
 
 
@@ -57,29 +55,9 @@ class BrainMask:
         return resample_to(inside, grid).array > _THRESHOLD
 
 
-def head_centre(volume: Volume) -> np.ndarray:
-    """LPS mm of the centroid of the bright part of ``volume`` (the head, neck included)."""
-    array = volume.array
-    foreground = array > _FOREGROUND_FRACTION * np.percentile(array, _ROBUST_PERCENTILE)
-    k, j, i = np.argwhere(foreground).mean(axis=0)
-    return (volume.affine @ [i, j, k, 1])[:3]
-
-
 def brain_grid(centre: np.ndarray) -> Volume:
     """The network's grid in patient axes (LPS), centred on ``centre``."""
-    spacing = np.full(3, GRID_MM)
-    half = (np.array(GRID_SHAPE[::-1]) - 1) / 2 * spacing
-    return Volume(
-        array=np.zeros(GRID_SHAPE, np.float32),
-        origin=np.asarray(centre, float) - half,
-        spacing=spacing,
-        direction=np.eye(3),
-    )
-
-
-def network_input(volume: Volume, grid: Volume) -> np.ndarray:
-    """``volume`` on the network's grid, normalised as every network input is."""
-    return normalise(resample_to(volume.with_array(volume.array.astype(np.float32)), grid).array)
+    return grid_at(centre, GRID_SHAPE, GRID_MM)
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -97,7 +75,7 @@ def extract(net: Any, volumes: Sequence[Volume]) -> BrainMask:
     if not volumes:
         raise ValueError("brain extraction needs at least one series")
     grid = brain_grid(head_centre(volumes[0]))
-    batch = np.stack([network_input(v, grid) for v in volumes])[:, None]
+    batch = np.stack([on_grid(v, grid) for v in volumes])[:, None]
     with torch.no_grad():
         probability = torch.sigmoid(net(torch.from_numpy(batch))).mean(dim=0)[0].numpy()
     mask = largest_component(probability > _THRESHOLD)
