@@ -23,7 +23,7 @@ from scipy import ndimage
 from models.brain.extract import GRID_MM, GRID_SHAPE, brain_grid, largest_component
 from models.preprocessing import normalise
 from models.synthetic.acquisition import RAS_TO_LPS, grid_points, sample
-from models.synthetic.case import MODALITIES, TISSUE_SIGNAL
+from models.synthetic.case import MODALITIES, TISSUE_SIGNAL, rotation_matrix
 from models.synthetic.head import TISSUES, extended_anatomy, full_head
 
 HERE = Path(__file__).parent
@@ -76,24 +76,13 @@ def _intensities(rng: np.random.Generator) -> np.ndarray:
     return values
 
 
-def _rotation(angles_deg: np.ndarray) -> np.ndarray:
-    a = np.radians(angles_deg)
-    cx, cy, cz = np.cos(a)
-    sx, sy, sz = np.sin(a)
-    return (
-        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    )
-
-
 def training_pair(head: HeadLabels, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(image, target) on the network's grid, float32 (k, j, i) each."""
     offset = rng.uniform([-15, -15, -35], [15, 15, 25])
     grid = brain_grid(head.centre_lps + offset)
     points = grid_points(grid.origin, grid.spacing, grid.direction, GRID_SHAPE)
     # Random affine about the head's centre, then a smooth elastic displacement.
-    matrix = _rotation(rng.uniform([-25, -12, -12], [25, 12, 12])) * rng.uniform(0.8, 1.1, 3)
+    matrix = rotation_matrix(rng.uniform([-25, -12, -12], [25, 12, 12])) * rng.uniform(0.8, 1.1, 3)
     centre = head.centre_lps
     moved = (points - centre) @ matrix.T + centre
     coarse = rng.normal(0, rng.uniform(0, 4), (3, 5, 4, 4))

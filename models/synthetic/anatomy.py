@@ -52,6 +52,11 @@ class Anatomy:
     def voxel_mm(self) -> float:
         return float(abs(self.affine[0, 0]))
 
+    def world(self) -> np.ndarray:
+        """RAS coordinates of every voxel, shaped (x, y, z, 3)."""
+        grid = np.stack(np.meshgrid(*(np.arange(n) for n in self.shape), indexing="ij"), -1)
+        return (grid @ self.affine[:3, :3].T + self.affine[:3, 3]).astype(np.float32)
+
     def layer(self, low_mm: float, high_mm: float) -> np.ndarray:
         """Fraction of each voxel lying between two distances outside the brain (smooth edges)."""
         d = self.outside_mm

@@ -117,12 +117,6 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float
     return field / max(float(np.abs(field).max()), 1e-6)
 
 
-def _world(anatomy: Anatomy) -> np.ndarray:
-    """RAS coordinates of every voxel, shaped (x, y, z, 3)."""
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in anatomy.shape), indexing="ij"), -1)
-    return (grid @ anatomy.affine[:3, :3].T + anatomy.affine[:3, 3]).astype(np.float32)
-
-
 def _shape_field(
     world: np.ndarray,
     centre: np.ndarray,
@@ -268,6 +262,17 @@ def _render(
     return images
 
 
+def rotation_matrix(angles_deg: np.ndarray) -> np.ndarray:
+    """Rotation about x, then y, then z (degrees), applied as R = Rx @ Ry @ Rz."""
+    cx, cy, cz = np.cos(np.radians(angles_deg))
+    sx, sy, sz = np.sin(np.radians(angles_deg))
+    return (
+        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    )
+
+
 def _deform(
     case_arrays: dict[str, np.ndarray],
     affine: np.ndarray,
@@ -280,14 +285,7 @@ def _deform(
     ``strong``: heads far beyond one subject: +-12 degrees, 0.82-1.08 per axis (the template is
     a large brain), and a smooth elastic displacement of up to a few millimetres on top.
     """
-    angles = np.radians(rng.uniform(-12, 12, 3) if strong else rng.uniform(-6, 6, 3))
-    cx, cy, cz = np.cos(angles)
-    sx, sy, sz = np.sin(angles)
-    rotation = (
-        np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-        @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-        @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    )
+    rotation = rotation_matrix(rng.uniform(-12, 12, 3) if strong else rng.uniform(-6, 6, 3))
     matrix = rotation * (rng.uniform(0.82, 1.08, 3) if strong else rng.uniform(0.93, 1.07, 3))
     shift_vox = rng.uniform(-4, 4, 3) / abs(affine[0, 0])
     offset = centre_voxel - matrix @ centre_voxel + shift_vox
@@ -335,7 +333,7 @@ def generate_case(
     if tumour_type not in TUMOUR_TYPES:
         raise ValueError(f"tumour_type must be one of {TUMOUR_TYPES}, got {tumour_type!r}")
     anatomy = extended_anatomy(voxel_mm) if full_head else mni_anatomy(voxel_mm)
-    world = _world(anatomy)
+    world = anatomy.world()
     appearance = tumour_type
     if tumour_type == "glioma":
         label, appearance = _glioma(anatomy, world, rng)

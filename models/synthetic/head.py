@@ -71,11 +71,6 @@ def extended_anatomy(voxel_mm: float = 2.0) -> Anatomy:
     return Anatomy(affine, pad(base.gm), pad(base.wm), pad(base.csf), brain, outside)
 
 
-def _world(anatomy: Anatomy) -> np.ndarray:
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in anatomy.shape), indexing="ij"), -1)
-    return (grid @ anatomy.affine[:3, :3].T + anatomy.affine[:3, 3]).astype(np.float32)
-
-
 def _ellipsoid(world: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
     """Normalised radius: < 1 inside."""
     return np.linalg.norm((world - centre) / radii, axis=-1)
@@ -117,7 +112,7 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     marrow between, scalp of skin, fat and muscle); the face and neck are ellipsoids and tubes
     joined smoothly to the cranium, with the structures inside them carved in order of depth.
     """
-    world = _world(anatomy)
+    world = anatomy.world()
     vox = anatomy.voxel_mm
     x, y, z = world[..., 0], world[..., 1], world[..., 2]
     d = anatomy.outside_mm
