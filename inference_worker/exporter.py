@@ -1,10 +1,12 @@
-"""Delivery of result objects to the PACS: C-STORE per object and destination, recorded.
+"""Delivery of result objects to the PACS: C-STORE or STOW-RS per object and destination.
 
 Every (object, destination) pair has one ``exports`` row. The exporter sends the rows that are
-due, one association per destination, and records each outcome: ``sent`` with its DIMSE status,
-or another attempt later (the wait doubles, up to a maximum), or ``failed`` after the last
-attempt, parked until someone re-sends it from the API. A ``sent`` row is never sent again, so an
-export neither loops nor duplicates; the one window left (the PACS stored the object, then the
+due, one association (for a DICOMweb destination, one HTTP connection:
+:mod:`inference_worker.stowrs`) per destination, and records each outcome: ``sent`` with its
+DIMSE status (for STOW-RS, the archive's Warning Reason, or 0), or another attempt later (the
+wait doubles, up to a maximum), or ``failed`` after the last attempt, parked until someone
+re-sends it from the API. A ``sent`` row is never sent again, so an export neither loops nor
+duplicates; the one window left (the PACS stored the object, then the
 node died before recording it) re-sends the same SOP Instance UID, which a PACS files once.
 
 Every worker runs an exporter on the same table, so rows are claimed before they are sent: one
@@ -33,9 +35,10 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from inference_worker.stowrs import StowClient, Unreachable
 from neurogate.db.models import Export, ExportStatus, ResultObject
 from neurogate.outbox import enqueue
-from neurogate.settings import PacsDestination, Settings
+from neurogate.settings import Destination, PacsDestination, Settings, StowRsDestination
 from schemas.events import ExportOutcome
 from schemas.topics import Topic
 
@@ -59,7 +62,7 @@ def is_stored(status: int) -> bool:
 
 
 def plan_exports(
-    session: Session, objects: Iterable[ResultObject], destinations: Sequence[PacsDestination]
+    session: Session, objects: Iterable[ResultObject], destinations: Sequence[Destination]
 ) -> None:
     """One pending export per object and destination (the objects must have ids)."""
     now = _now()
@@ -194,7 +197,9 @@ class Exporter:
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    def _send(self, destination: PacsDestination, due: list[_Due]) -> int:
+    def _send(self, destination: Destination, due: list[_Due]) -> int:
+        if isinstance(destination, StowRsDestination):
+            return self._send_stowrs(destination, due)
         settings = self._settings.export
         ae = AE(ae_title=settings.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout_seconds
@@ -232,12 +237,42 @@ class Exporter:
                 assoc.release()
         return stored
 
+    def _send_stowrs(self, destination: StowRsDestination, due: list[_Due]) -> int:
+        """STOW-RS, one request per object over one connection; a destination that cannot be
+        reached fails every object of the pass with the same reason, as a refused association
+        does."""
+        stored = 0
+        with StowClient(destination, timeout_s=self._settings.export.timeout_seconds) as client:
+            for n, item in enumerate(due):
+                if not self._claimed(item, destination):
+                    continue
+                try:
+                    content = (self._settings.storage_root / item.path).read_bytes()
+                except OSError as exc:
+                    self._record(item, destination, None, f"cannot read the stored object: {exc}")
+                    continue
+                try:
+                    result = client.store(content, item.sop_instance_uid)
+                except Unreachable as exc:
+                    for left in due[n:]:
+                        self._record(left, destination, None, str(exc))
+                    break
+                self._record(item, destination, result.status, result.reason)
+                stored += result.reason is None
+        return stored
+
+    def _claimed(self, item: _Due, destination: Destination) -> bool:
+        """Renew the claim on ``item`` before sending it; ``False`` (logged) if it was lost."""
+        if self._renew(item):
+            return True
+        log.warning(
+            "export claim lapsed before sending; left to the exporter that holds it",
+            extra={"sop_uid": item.sop_instance_uid, "destination": destination.name},
+        )
+        return False
+
     def _store_one(self, assoc: Association, item: _Due, destination: PacsDestination) -> int:
-        if not self._renew(item):
-            log.warning(
-                "export claim lapsed before sending; left to the exporter that holds it",
-                extra={"sop_uid": item.sop_instance_uid, "destination": destination.name},
-            )
+        if not self._claimed(item, destination):
             return 0
         try:
             dataset = dcmread(self._settings.storage_root / item.path)
@@ -262,7 +297,7 @@ class Exporter:
         return 0
 
     def _record(
-        self, item: _Due, destination: PacsDestination, status: int | None, reason: str | None
+        self, item: _Due, destination: Destination, status: int | None, reason: str | None
     ) -> None:
         """Commit one attempt's outcome and its status event together, and end the claim.
 

@@ -119,7 +119,7 @@ def service_problems(settings: Settings, names: Sequence[str]) -> list[Problem]:
             problems += _missing_file(f"MODELS__{task}", getattr(settings.models, task))
         for i, destination in enumerate(settings.export.destinations):
             for name in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
-                path = getattr(destination, name)
+                path = getattr(destination, name, None)  # STOW-RS: a CA only
                 if path is not None and not path.is_file():
                     problems.append(
                         Problem(

@@ -188,8 +188,8 @@ def where_to_look(settings: Settings, study_uid: str) -> list[str]:
     ]
     for destination in settings.export.destinations:
         lines.append(
-            f"  PACS {destination.name!r} ({destination.ae_title}@{destination.host}:"
-            f"{destination.port}) receives the SEG, SR, Grad-CAM capture and PDF"
+            f"  PACS {destination.name!r} ({destination.describe()}) receives the SEG, SR, "
+            "Grad-CAM capture and PDF"
         )
     if not settings.export.destinations:
         lines.append(

@@ -11,9 +11,18 @@ import functools
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from neurogate.budget import DEFAULT_MAX_DECODE_MB, DecodeBudget
@@ -215,6 +224,7 @@ class ResultSettings(BaseModel):
 class PacsDestination(BaseModel):
     """A DICOM node that receives the results through C-STORE."""
 
+    kind: Literal["dimse"] = "dimse"
     name: str = Field(min_length=1, max_length=64)
     ae_title: str
     host: str
@@ -228,12 +238,72 @@ class PacsDestination(BaseModel):
     def _check_ae(cls, value: str) -> str:
         return validate_ae_title(value)
 
+    def describe(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class StowRsDestination(BaseModel):
+    """A DICOMweb archive that receives the results through STOW-RS (PS3.18 10.5)."""
+
+    kind: Literal["stowrs"]
+    name: str = Field(min_length=1, max_length=64)
+    # The DICOMweb service root (the objects go to ``{url}/studies``), e.g.
+    # https://pacs.example.org/dicom-web
+    url: str
+    auth: Literal["none", "basic", "bearer"] = "none"
+    username: str | None = None  # basic
+    password: SecretStr | None = None  # basic
+    token: SecretStr | None = None  # bearer
+    tls_ca_file: Path | None = None  # https: the CA that signed the server's certificate
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be an http:// or https:// address, not {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError(f"url is the DICOMweb service root, without ?query or #: {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> StowRsDestination:
+        basic = (self.username, self.password)
+        if self.auth == "basic" and None in basic:
+            raise ValueError(f"destination {self.name!r}: auth basic needs username and password")
+        if self.auth == "bearer" and self.token is None:
+            raise ValueError(f"destination {self.name!r}: auth bearer needs token")
+        if self.auth != "basic" and any(v is not None for v in basic):
+            raise ValueError(f"destination {self.name!r}: username/password need auth basic")
+        if self.auth != "bearer" and self.token is not None:
+            raise ValueError(f"destination {self.name!r}: token needs auth bearer")
+        if self.tls_ca_file is not None and not self.url.startswith("https:"):
+            raise ValueError(f"destination {self.name!r}: tls_ca_file needs an https:// url")
+        return self
+
+    def describe(self) -> str:
+        return self.url
+
+
+def _destination_kind(value: Any) -> str:
+    """``kind`` of a destination, ``dimse`` when not given (the settings before DICOMweb)."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "dimse"))
+    return str(getattr(value, "kind", "dimse"))
+
+
+# One entry of NEUROGATE_EXPORT__DESTINATIONS: C-STORE (kind "dimse", the default) or STOW-RS.
+Destination = Annotated[
+    Annotated[PacsDestination, Tag("dimse")] | Annotated[StowRsDestination, Tag("stowrs")],
+    Discriminator(_destination_kind),
+]
+
 
 class ExportSettings(BaseModel):
     """Where results go and how hard the node tries (per object, per destination)."""
 
     # JSON in the environment: NEUROGATE_EXPORT__DESTINATIONS='[{"name": "pacs", ...}]'
-    destinations: list[PacsDestination] = Field(default_factory=list)
+    destinations: list[Destination] = Field(default_factory=list)
     calling_ae_title: str = "NEUROGATE"
     max_attempts: int = Field(8, ge=1)
     backoff_seconds: float = Field(5.0, gt=0)  # doubles after each failure, up to the maximum

@@ -1,11 +1,14 @@
 """A real Orthanc (Debian's package, installed by scripts/setup --test) as the PACS in tests.
 
 Each server keeps its database in its own folder, so it can be stopped (a PACS that is down)
-and started again on the same ports with what it had stored.
+and started again on the same ports with what it had stored. Its DICOMweb plugin (Debian's
+``orthanc-dicomweb``) answers under :attr:`OrthancServer.dicomweb_url`; given ``users``, the
+HTTP side (REST and DICOMweb) asks for HTTP basic authentication.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -23,11 +26,23 @@ _DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 class OrthancServer:
     """Orthanc on fixed ports; :meth:`get`/:meth:`post` speak to its REST API."""
 
-    def __init__(self, folder: Path, dicom_port: int, http_port: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        dicom_port: int,
+        http_port: int,
+        *,
+        users: dict[str, str] | None = None,
+    ) -> None:
         self.folder = folder
         self.dicom_port = dicom_port
         self.http_port = http_port
         self._proc: subprocess.Popen[bytes] | None = None
+        self._headers: dict[str, str] = {}
+        if users:
+            user, password = next(iter(users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
         folder.mkdir(parents=True, exist_ok=True)
         config: dict[str, Any] = {
             "Name": "NeuroGate test PACS",
@@ -38,7 +53,8 @@ class OrthancServer:
             "HttpPort": http_port,
             "HttpBindAddress": "127.0.0.1",  # undocumented in older releases; harmless
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": True,
             "Plugins": [str(_DICOMWEB_PLUGIN)] if _DICOMWEB_PLUGIN.exists() else [],
@@ -49,6 +65,13 @@ class OrthancServer:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb service root (STOW-RS at ``/studies`` below it)."""
+        if not _DICOMWEB_PLUGIN.exists():
+            raise RuntimeError(f"no DICOMweb plugin at {_DICOMWEB_PLUGIN} (orthanc-dicomweb)")
+        return f"{self.url}/dicom-web"
 
     def start(self) -> None:
         binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
@@ -79,14 +102,19 @@ class OrthancServer:
         return True
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as response:
-            return json.loads(response.read())
+        return json.loads(self.get_bytes(path))
+
+    def get_bytes(self, path: str) -> bytes:
+        request = urllib.request.Request(self.url + path, headers=self._headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: bytes = response.read()
+            return body
 
     def post(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(
             self.url + path,
             data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+            headers={"Content-Type": "application/json", **self._headers},
             method="POST",
         )
         with urllib.request.urlopen(request, timeout=10) as response:
