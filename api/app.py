@@ -22,7 +22,7 @@ from api.errors import install_error_handlers, responses
 from api.inference import Classifier
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
-from api.routes import audit, auth, classify, patients, service, studies, uploads, users
+from api.routes import audit, auth, classify, dicomweb, patients, service, studies, uploads, users
 from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
 from api.throttle import LoginThrottle
@@ -110,12 +110,15 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     install_docs(app)
-    for module in (auth, users, patients, studies, uploads, classify, service, audit):
+    for module in (auth, users, patients, studies, uploads, classify, service, audit, dicomweb):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=int(settings.api.max_request_mb * _MB),
-        path_limits={uploads.UPLOAD_PATH: int(settings.api.max_upload_mb * _MB)},
+        path_limits={
+            path: int(settings.api.max_upload_mb * _MB)
+            for path in (uploads.UPLOAD_PATH, dicomweb.STOW_PATH)
+        },
     )
     if settings.api.cors_origins:
         app.add_middleware(

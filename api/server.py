@@ -20,7 +20,8 @@ from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
 
-PUBLISHED_TOPICS = (Topic.ANALYSIS_REQUESTED,)
+# Studies received over STOW-RS (api.stow) are announced as the listener announces its own.
+PUBLISHED_TOPICS = (Topic.ANALYSIS_REQUESTED, Topic.STUDY_RECEIVED)
 _START_TIMEOUT_S = 30.0
 
 

@@ -39,7 +39,7 @@ def _stowrs(name: str, url: str, **auth: Any) -> StowRsDestination:
 def _settings(
     tmp_path: Path, database: Database, destinations: list[StowRsDestination], **policy: float
 ) -> Settings:
-    export = ExportSettings(destinations=destinations, **policy)  # type: ignore[arg-type]
+    export = ExportSettings(destinations=destinations, **policy)
     return make_settings(tmp_path / "node", database.url).model_copy(update={"export": export})
 
 
@@ -170,7 +170,7 @@ def test_a_403_is_parked_with_its_reason_and_the_request_is_proper_stow_rs(
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + body
         )
-        (part,) = list(message.iter_parts())  # type: ignore[attr-defined]
+        (part,) = list(message.iter_parts())
         assert part.get_content_type() == "application/dicom"
         content = part.get_payload(decode=True)
         matches = list((settings.storage_root / "results").rglob("*.dcm"))
