@@ -57,16 +57,18 @@ _STOW_BODY: dict[str, Any] = {
             }
         },
     },
-    "responses": {
-        200: {"description": "Every instance stored (ReferencedSOPSequence)"},
-        202: {"description": "Some stored, some failed (FailedSOPSequence, FailureReason)"},
-        409: {"description": "None stored (FailedSOPSequence, FailureReason)"},
-        **responses(400, 413, 415),
-    },
+}
+_STOW_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Every instance stored (ReferencedSOPSequence)"},
+    202: {"description": "Some stored, some failed (FailedSOPSequence, FailureReason)"},
+    409: {"description": "None stored (FailedSOPSequence, FailureReason)"},
+    **responses(400, 413, 415),
 }
 
 
-@router.post(STOW_PATH, openapi_extra=_STOW_BODY, response_class=JSONResponse)
+@router.post(
+    STOW_PATH, openapi_extra=_STOW_BODY, response_class=JSONResponse, responses=_STOW_ANSWERS
+)
 async def store_instances(
     request: Request, staff: StaffUser, receiver: ReceiverDep, auditor: AuditDep
 ) -> JSONResponse:
