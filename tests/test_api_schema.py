@@ -4,7 +4,8 @@ none of the malformed ones it derives, makes the API fail with a 5xx or answer o
 Left out of the fuzz, each for its cost, and tested by hand in the other ``test_api_*``
 modules: ``/api/classify`` and ``/predict`` (a TensorFlow model per example),
 ``/api/process-mri`` and STOW-RS ``/dicomweb/studies`` (files on disk per example; the latter
-in ``test_stowrs_receive``), the SSE stream ``/events`` (it polls until an analysis finishes), and ``/api/auth/logout`` (it would end the session the fuzz runs in).
+in ``test_stowrs_receive``), the SSE stream ``/events`` (it polls until an analysis finishes),
+and ``/api/auth/logout`` (it would end the session the fuzz runs in).
 SQLite only, bounded to a few examples per operation.
 """
 
