@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from tests.conftest import Database, free_port, make_settings
 from tests.harness import wait_for
 from tests.orthanc import OrthancServer
 from tests.test_exporter import _exporters, _outcomes, _plan
+from tests.test_listener_tls import _certificate
 
 USER, PASSWORD = "neurogate", "stow-rs-secret"
 OBJECTS = 4
@@ -65,7 +67,7 @@ def _study_uid(database: Database) -> str:
 class FailingArchive:
     """An HTTP server that answers every STOW-RS request with ``status`` and keeps the requests."""
 
-    def __init__(self, port: int, status: int) -> None:
+    def __init__(self, port: int, status: int, *, tls: tuple[Path, Path] | None = None) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
         archive = self
 
@@ -84,6 +86,11 @@ class FailingArchive:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if tls is not None:
+            key, cert = tls
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @contextmanager
@@ -215,3 +222,21 @@ def test_an_archive_that_answers_503_then_is_down_then_up_gets_each_object_once(
     assert {r.status for r in rows} == {ExportStatus.SENT}
     assert all(r.attempts >= 5 for r in rows)  # two 503s and two refusals at least, then sent
     assert sorted(i["SOPInstanceUID"] for i in stored) == sorted(uids)
+
+
+def test_https_is_verified_against_the_destination_ca(tmp_path: Path, database: Database) -> None:
+    port = free_port()
+    key, cert = _certificate(tmp_path, "archive")
+    url = f"https://127.0.0.1:{port}/dicomweb"
+    trusted = _stowrs("trusted", url, tls_ca_file=cert)
+    untrusted = _stowrs("untrusted", url)  # the system's CAs did not sign it
+    settings = _settings(tmp_path, database, [trusted, untrusted], max_attempts=1)
+    _plan(settings, database, 2)
+    archive = FailingArchive(port, 503, tls=(key, cert))
+    with archive.running(), _exporters(settings, database.url, 1):
+        wait_for(lambda: _settled(database), timeout=60, interval=0.1)
+    rows = _rows(database)
+    # Through TLS to the archive's answer with the CA; refused at the handshake without it.
+    assert all((r.last_error or "").startswith("HTTP 503") for r in rows["trusted"])
+    assert all("CERTIFICATE_VERIFY_FAILED" in (r.last_error or "") for r in rows["untrusted"])
+    assert len(archive.requests) == 2
