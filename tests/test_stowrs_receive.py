@@ -23,15 +23,16 @@ from pydicom import dcmread, dcmwrite
 from pydicom.uid import CTImageStorage, MRImageStorage
 from sqlalchemy import select
 
+from api.security import PasswordHasher
 from neurogate.db import create_db_engine, session_factory
-from neurogate.db.models import OutboxEvent, Study, StudyStatus
+from neurogate.db.models import OutboxEvent, Patient, Study, StudyStatus, User, UserRole
 from neurogate.settings import Settings
 from neurogate.storage import CONFLICTS, InstanceStore
 from schemas.events import StudyReceived, parse_event
 from schemas.topics import Topic
 from tests.dicomgen import write_mr_study
 from tests.harness import wait_for
-from tests.test_api_support import ADMIN, api_settings, served
+from tests.test_api_support import ADMIN, FAST_HASHES, PASSWORD, api_settings, now, served
 
 FAILED_SOP_SEQUENCE = "00081198"
 REFERENCED_SOP_SEQUENCE = "00081199"
@@ -215,3 +216,32 @@ def test_conflicts_refusals_and_what_is_not_stow_rs(
     assert response.status_code == 400 and "truncated" in response.json()["error"]["message"]
     response = _post(base, {}, _multipart(first))
     assert response.status_code == 401
+    response = _post(base, _patient_account(settings, base), _multipart(first))
+    assert response.status_code == 403  # patient accounts read; they do not store
+
+
+def _patient_account(settings: Settings, base: str) -> dict[str, str]:
+    """A patient's account (made in the database); its bearer header."""
+    engine = create_db_engine(settings.sqlalchemy_url)
+    try:
+        with session_factory(engine).begin() as session:
+            patient = Patient(patient_id="NG-TEST-1", created_at=now())
+            session.add(patient)
+            session.flush()
+            session.add(
+                User(
+                    username="patient1",
+                    role=UserRole.PATIENT,
+                    patient_ref=patient.id,
+                    password_hash=PasswordHasher(FAST_HASHES).hash(PASSWORD),
+                    active=True,
+                    created_at=now(),
+                )
+            )
+    finally:
+        engine.dispose()
+    login = httpx.post(
+        f"{base}/api/auth/login", data={"username": "patient1", "password": PASSWORD}
+    )
+    assert login.status_code == 200, login.text
+    return {"Authorization": f"Bearer {login.json()['access_token']}"}
