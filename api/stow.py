@@ -11,8 +11,10 @@ the instance's outcome: stored (Referenced SOP Sequence), or failed with that st
 Failure Reason (Failed SOP Sequence). The answer is 200 when all were stored, 409 when none
 was, 202 otherwise.
 
-This process runs a study tracker of its own, beside the listener's: a study the API was
-receiving when it stopped is resumed by the listener's recovery at its next start.
+This process runs a study tracker of its own, beside the listener's. At start it resumes the
+studies that came over STOW-RS and were still being received when the API stopped (their quiet
+period starts again); the listener's recovery at its own start resumes every study still being
+received, those too.
 """
 
 from __future__ import annotations
@@ -30,15 +32,17 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pynetdicom.association import Association
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.assembly import InstanceRecorder, InstanceRef, StudyTracker
 from dicom_listener.fast_store import Received
-from dicom_listener.instances import InstanceHeader
+from dicom_listener.instances import InstanceHeader, InvalidInstance, read_header
 from dicom_listener.scp import StorageSCP
 from dicom_listener.status import Status
+from neurogate.db.models import Study, StudyStatus
 from neurogate.settings import Settings
-from neurogate.storage import InstanceStore, StoreOutcome
+from neurogate.storage import DICOM_SUFFIX, InstanceStore, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -176,13 +180,48 @@ class StowReceiver:
             quiet_seconds=listener.study_quiet_seconds,
             on_completed=on_completed,
         )
+        self._sessions = sessions
         self._min_free_mb = listener.min_free_disk_mb
         self._check_s = listener.completion_check_seconds
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._tick, name="stow-completion", daemon=True)
 
     def start(self) -> None:
+        """Resume the STOW-RS studies left receiving, then run the completion timer."""
+        resumed = self.resume()
+        if resumed:
+            log.info("resumed STOW-RS studies after restart", extra={"count": resumed})
         self._timer.start()
+
+    def resume(self) -> int:
+        """Track again the studies received here that were not complete when the API stopped;
+        how many. Each is opened from its files on disk, as a new instance opens a study."""
+        with self._sessions() as session:
+            uids = session.scalars(
+                select(Study.study_instance_uid).where(
+                    Study.status == StudyStatus.RECEIVING, Study.called_ae_title == CALLED_AE
+                )
+            ).all()
+        resumed = 0
+        for uid in uids:
+            stored = next(self.store.study_dir(uid).glob(f"*/*{DICOM_SUFFIX}"), None)
+            if stored is None:
+                continue
+            try:
+                meta = read_preamble_and_meta(stored.read_bytes())
+                header = read_header(
+                    stored,
+                    sop_class_uid=str(meta.MediaStorageSOPClassUID),
+                    sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+                )
+            except (*_UNREADABLE, OSError, InvalidInstance) as exc:
+                log.error("cannot resume STOW-RS study", extra={"study": uid, "error": str(exc)})
+                continue
+            self.tracker.record(
+                header, StoreOutcome.STORED, calling_ae=CALLING_AE, called_ae=CALLED_AE
+            )
+            resumed += 1
+        return resumed
 
     def stop(self) -> None:
         self._stop.set()

@@ -245,3 +245,30 @@ def _patient_account(settings: Settings, base: str) -> dict[str, str]:
     )
     assert login.status_code == 200, login.text
     return {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+
+def _quiet(settings: Settings, seconds: float) -> Settings:
+    listener = settings.listener.model_copy(update={"study_quiet_seconds": seconds})
+    return settings.model_copy(update={"listener": listener})
+
+
+def test_a_study_the_api_was_receiving_when_it_stopped_completes_after_its_restart(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = api_settings(tmp_path / "node", database_url)
+    study = write_mr_study(tmp_path / "scanner", series=1, slices=3, size=16)
+    with served(_quiet(settings, 3600)) as base:  # not complete before the API stops
+        login = httpx.post(
+            f"{base}/api/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]}
+        )
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        parts = _multipart(*(f.read_bytes() for f in study.files))
+        assert _post(base, auth, parts).status_code == 200
+    row = _study(settings, study.study_uid)
+    assert row is not None and row.status == StudyStatus.RECEIVING
+    assert not _study_events(settings, study.study_uid)
+
+    with served(_quiet(settings, 0.5)):
+        (event,) = wait_for(lambda: _study_events(settings, study.study_uid), timeout=60)
+    assert event.instance_count == 3 and event.called_ae_title == "DICOMWEB"
+    assert _study(settings, study.study_uid).status == StudyStatus.COMPLETE  # type: ignore[union-attr]
