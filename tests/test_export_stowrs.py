@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import re
 import ssl
 import threading
 from collections.abc import Iterator
@@ -18,12 +19,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pydantic import ValidationError
 from pydicom import dcmread
 from sqlalchemy import select
 
 from api.queries import requeue_failed_exports
 from neurogate.db.models import Analysis, Export, ExportStatus
-from neurogate.settings import ExportSettings, Settings, StowRsDestination
+from neurogate.settings import ExportSettings, PacsDestination, Settings, StowRsDestination
 from tests.conftest import Database, free_port, make_settings
 from tests.harness import wait_for
 from tests.orthanc import OrthancServer
@@ -240,3 +243,30 @@ def test_https_is_verified_against_the_destination_ca(tmp_path: Path, database: 
     assert all((r.last_error or "").startswith("HTTP 503") for r in rows["trusted"])
     assert all("CERTIFICATE_VERIFY_FAILED" in (r.last_error or "") for r in rows["untrusted"])
     assert len(archive.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"url": "ftp://pacs/dicom-web"}, "http:// or https://"),
+        ({"url": "http://pacs/dicom-web?x=1"}, "without ?query"),
+        ({"url": "http://pacs", "auth": "basic", "username": "u"}, "needs username and password"),
+        ({"url": "http://pacs", "auth": "bearer"}, "needs token"),
+        ({"url": "http://pacs", "token": "t"}, "token needs auth bearer"),
+        ({"url": "http://pacs", "tls_ca_file": "ca.pem"}, "needs an https:// url"),
+    ],
+)
+def test_a_stowrs_destination_that_cannot_work_is_refused_naming_it(
+    entry: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ExportSettings.model_validate(
+            {"destinations": [{"kind": "stowrs", "name": "vna", **entry}]}
+        )
+
+
+def test_destinations_without_a_kind_are_c_store_as_before() -> None:
+    export = ExportSettings.model_validate(
+        {"destinations": [{"name": "pacs", "ae_title": "PACS", "host": "pacs", "port": 104}]}
+    )
+    assert isinstance(export.destinations[0], PacsDestination)
