@@ -23,7 +23,7 @@ import logging
 import mmap
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from io import BytesIO
 from typing import IO, Any, cast
@@ -170,7 +170,11 @@ class StowReceiver:
     """
 
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], *, on_completed: Any
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        *,
+        on_completed: Callable[[], None],
     ) -> None:
         listener = settings.listener
         self.store = InstanceStore(settings.storage_root, fsync=listener.fsync)
