@@ -6,8 +6,8 @@ due, one association (for a DICOMweb destination, one HTTP connection:
 DIMSE status (for STOW-RS, the archive's Warning Reason, or 0), or another attempt later (the
 wait doubles, up to a maximum), or ``failed`` after the last attempt, parked until someone
 re-sends it from the API. A ``sent`` row is never sent again, so an export neither loops nor
-duplicates; the one window left (the PACS stored the object, then the
-node died before recording it) re-sends the same SOP Instance UID, which a PACS files once.
+duplicates; the one window left (the PACS stored the object, then the node died before
+recording it) re-sends the same SOP Instance UID, which a PACS files once.
 
 Every worker runs an exporter on the same table, so rows are claimed before they are sent: one
 conditional ``UPDATE`` (its candidates ``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite runs
@@ -258,7 +258,8 @@ class Exporter:
                         self._record(left, destination, None, str(exc))
                     break
                 self._record(item, destination, result.status, result.reason)
-                stored += result.reason is None
+                if result.reason is None:
+                    stored += 1
         return stored
 
     def _claimed(self, item: _Due, destination: Destination) -> bool:
