@@ -272,3 +272,19 @@ def test_a_study_the_api_was_receiving_when_it_stopped_completes_after_its_resta
         (event,) = wait_for(lambda: _study_events(settings, study.study_uid), timeout=60)
     assert event.instance_count == 3 and event.called_ae_title == "DICOMWEB"
     assert _study(settings, study.study_uid).status == StudyStatus.COMPLETE  # type: ignore[union-attr]
+
+
+def test_a_body_over_the_upload_limit_is_refused_with_413(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = api_settings(tmp_path / "node", database_url, max_upload_mb=0.01)  # 10 kB
+    study = write_mr_study(tmp_path / "scanner", series=1, slices=1, size=128)  # 32 kB pixels
+    with served(settings) as base:
+        login = httpx.post(
+            f"{base}/api/auth/login", data={"username": ADMIN[0], "password": ADMIN[1]}
+        )
+        auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        response = _post(base, auth, _multipart(study.files[0].read_bytes()))
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "FILE_TOO_LARGE"
+    assert _study(settings, study.study_uid) is None
