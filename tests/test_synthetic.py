@@ -175,6 +175,24 @@ def test_whole_head_tumours_lie_inside_the_skull(whole_head) -> None:  # type: i
     assert not (tumour & ~whole_head.intracranial).any()
 
 
+def test_the_pituitary_fossa_is_intracranial_in_a_normal_head() -> None:
+    """A pituitary lesion sits in the sella, below the brain: the intracranial space must hold
+    the fossa in every head, not only around a tumour (else brain extraction learns to cut it).
+    (The elastic deformation moves a head by a few mm: 4 mm around the template's sella.)"""
+    case = generate_case(13, "none", voxel_mm=VOXEL_MM, full_head=True)
+    fossa = _mask_near(case, SELLA_RAS, 4.0)
+    assert fossa.sum() >= 3
+    assert case.intracranial[fossa].all()
+    below = _mask_near(case, SELLA_RAS - [0, 0, 25], 4.0)  # the sphenoid sinus, the nasopharynx
+    assert not case.intracranial[below].any()
+
+
+def _mask_near(case, point_ras: np.ndarray, radius_mm: float) -> np.ndarray:  # type: ignore[no-untyped-def]
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in case.label.shape), indexing="ij"), -1)
+    world = grid @ case.affine[:3, :3].T + case.affine[:3, 3]
+    return np.linalg.norm(world - point_ras, axis=-1) < radius_mm
+
+
 def test_whole_heads_differ_in_shape_between_seeds() -> None:
     one = generate_case(11, "none", voxel_mm=4.0, full_head=True)
     two = generate_case(12, "none", voxel_mm=4.0, full_head=True)

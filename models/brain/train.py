@@ -7,7 +7,8 @@ elastic deformation, a random field of view (from above the vertex down to the n
 anywhere), random tissue intensities (half the time any intensity for any tissue, half the time
 one of the four MR contrasts with each tissue's signal jittered), random lesions, blur, slice
 thickness, bias field and noise. The target is the intracranial space: everything inside the
-skull's inner table. Writes ``weights.pth`` next to this file.
+skull's inner table, the pituitary fossa included (and a sellar mass growing out of it).
+Writes ``weights.pth`` next to this file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from scipy import ndimage
 from models.brain.extract import GRID_MM, GRID_SHAPE, brain_grid, largest_component
 from models.preprocessing import normalise
 from models.synthetic.acquisition import RAS_TO_LPS, grid_points, sample
+from models.synthetic.anatomy import SELLA_RAS
 from models.synthetic.case import MODALITIES, TISSUE_SIGNAL, rotation_matrix
 from models.synthetic.head import TISSUES, extended_anatomy, full_head
 
@@ -47,16 +49,24 @@ def head_labels(seed: int) -> HeadLabels:
     stack = np.stack([1 - np.clip(sum(head.fractions.values()), 0, 1),
                       *(head.fractions[t] for t in TISSUES)])  # fmt: skip
     labels = np.argmax(stack, axis=0).astype(np.uint8)
-    inside = np.argwhere(head.intracranial)
+    intracranial = head.intracranial.copy()
+    inside = np.argwhere(intracranial)
+    grid = np.ogrid[tuple(slice(0, s) for s in labels.shape)]
     for n in range(int(rng.integers(0, 3))):
         centre = inside[rng.integers(len(inside))]
         radii = rng.uniform(3, 12, 3)  # voxels of 2 mm
-        grid = np.ogrid[tuple(slice(0, s) for s in labels.shape)]
         distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
-        labels[(distance < 1) & head.intracranial] = len(TISSUES) + 1 + n % _LESIONS
+        labels[(distance < 1) & intracranial] = len(TISSUES) + 1 + n % _LESIONS
+    if rng.random() < 0.3:  # a sellar mass, growing out of the fossa: intracranial too
+        sella = np.linalg.inv(anatomy.affine) @ [*SELLA_RAS, 1]
+        radii = rng.uniform([2, 2, 2.5], [4, 3.5, 6.5])  # voxels of 2 mm
+        centre = sella[:3] + np.array([0, 0, radii[2] * 0.3])
+        distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii, strict=True))
+        labels[distance < 1] = len(TISSUES) + 1 + int(rng.integers(_LESIONS))
+        intracranial |= distance < 1
     k = inside.mean(axis=0)
     centre_ras = anatomy.affine[:3, :3] @ k + anatomy.affine[:3, 3]
-    return HeadLabels(labels, head.intracranial.astype(np.uint8), anatomy.affine,
+    return HeadLabels(labels, intracranial.astype(np.uint8), anatomy.affine,
                       RAS_TO_LPS @ centre_ras)  # fmt: skip
 
 

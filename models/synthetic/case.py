@@ -25,6 +25,7 @@ from models.synthetic.anatomy import (
     MARROW_MM,
     OUTER_TABLE_MM,
     SCALP_MM,
+    SELLA_RAS,
     SUBARACHNOID_MM,
     Anatomy,
     mni_anatomy,
@@ -35,8 +36,6 @@ from models.synthetic.head import full_head as make_full_head
 TUMOUR_TYPES = ("glioma", "meningioma", "pituitary", "none")
 MODALITIES = ("t1", "t1ce", "t2", "flair")
 LABEL_NECROTIC, LABEL_EDEMA, LABEL_ENHANCING = 1, 2, 4
-# Sella turcica in MNI (RAS) millimetres, below the hypothalamus and optic chiasm.
-SELLA_RAS = np.array([0.0, 2.0, -32.0])
 
 # Relative signal of each tissue on each contrast.
 TISSUE_SIGNAL = {
@@ -93,7 +92,7 @@ class SyntheticCase:
     images: dict[str, np.ndarray]  # MODALITIES -> float32 (x, y, z)
     label: np.ndarray  # uint8, BraTS labels
     brain_mask: np.ndarray  # bool: the brain (grey and white matter, ventricles)
-    intracranial: np.ndarray  # bool: inside the skull's inner table (brain, CSF, meninges)
+    intracranial: np.ndarray  # bool: inside the skull's inner table and the pituitary fossa
     full_head: bool = False  # face, orbits, sinuses and neck around the skull
 
     @property
@@ -344,15 +343,17 @@ def generate_case(
     else:
         label = np.zeros(anatomy.shape, np.uint8)
     signal = _TUMOUR_SIGNAL.get(appearance, _TUMOUR_SIGNAL["glioma"])
-    intracranial = anatomy.outside_mm < INNER_TABLE_MM
     if full_head:
         # Its own generator: the tumour draws above stay those of the thin-skull case.
         head_rng = np.random.default_rng(seed + 7_000_001)
         head = make_full_head(anatomy, head_rng)
         jitter = _contrast_jitter(head_rng, TISSUES)
         images = _render(anatomy, label, signal, rng, head.fractions, jitter)
+        intracranial = head.intracranial
     else:
         images = _render(anatomy, label, signal, rng)
+        intracranial = (anatomy.outside_mm < INNER_TABLE_MM) | anatomy.pituitary_fossa()
+    intracranial = intracranial | (label > 0)  # every tumour here is intracranial
     centre = np.argwhere(anatomy.brain).mean(axis=0)
     warped = _deform(
         {**images, "label": label, "brain": anatomy.brain, "intracranial": intracranial},

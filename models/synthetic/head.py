@@ -44,7 +44,7 @@ class Head:
 
     anatomy: Anatomy  # the brain, embedded in the extended grid
     fractions: dict[str, np.ndarray]  # TISSUES -> float32 in [0, 1], summing to <= 1
-    intracranial: np.ndarray  # bool: inside the skull's inner table
+    intracranial: np.ndarray  # bool: inside the skull's inner table and the pituitary fossa
 
     @property
     def outside_head(self) -> np.ndarray:
@@ -232,6 +232,10 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     paint(cranial & (d >= INNER_TABLE_MM) & (d < MARROW_MM), "marrow")
     paint(cranial & (d >= SUBARACHNOID_MM) & (d < INNER_TABLE_MM), "bone")
     paint(cranial & (d > 0) & (d < SUBARACHNOID_MM), "rim")
+    # The pituitary gland in its fossa (it enhances as mucosa does), the suprasellar cistern above.
+    fossa = anatomy.pituitary_fossa() & ~anatomy.brain
+    paint(fossa & (d >= SUBARACHNOID_MM), "mucosa")
+    paint(fossa & (d > 0) & (d < SUBARACHNOID_MM), "rim")
     spinal = (cord | canal) & (z < -40)  # the cord passes through the foramen magnum
     paint(spinal & (d > 0) & ~cord, "csf")
     paint(spinal & cord & (d > 0), "cord")
@@ -248,5 +252,5 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     total = sum(fractions.values())
     scale = np.where(total > 1, 1 / np.maximum(total, 1e-6), 1).astype(np.float32)
     fractions = {k: (v * scale).astype(np.float32) for k, v in fractions.items()}
-    intracranial = d < INNER_TABLE_MM
+    intracranial = (d < INNER_TABLE_MM) | anatomy.pituitary_fossa()
     return Head(anatomy, fractions, intracranial)
