@@ -49,8 +49,10 @@ def example_slices(
     chosen += list(rng.permutation(negative)[: per_example - len(chosen)])
     klass = class_index(tumour_type)
     # The networks see only the intracranial part (models.preprocessing.brain_normalise) of a
-    # mask that is extracted, not known: grown or shrunk by a voxel at random.
-    masks = [inside, ndimage.binary_dilation(inside), ndimage.binary_erosion(inside)]
+    # mask that is extracted, not known: grown or shrunk by up to two voxels (4 mm) at random,
+    # so that a rim of skull, marrow or fat at the mask's edge is no tumour to them.
+    masks = [inside, ndimage.binary_dilation(inside), ndimage.binary_erosion(inside),
+             ndimage.binary_dilation(inside, iterations=2)]  # fmt: skip
     normalised: dict[tuple[int, int], np.ndarray] = {}
     for k in chosen:
         channel = int(rng.choice(4, p=CONTRAST_WEIGHTS))

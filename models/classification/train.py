@@ -44,6 +44,11 @@ def main() -> None:
         help="share of the classifier's slices shown whole, not brain only (for /api/classify)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=HERE, help="where the .keras files go")
+    parser.add_argument(
+        "--resume", type=Path, help="start from the detector.keras and classifier.keras found here"
+    )
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--only", choices=("detector", "classifier"), help="train just one")
     args = parser.parse_args()
     import keras
 
@@ -56,23 +61,34 @@ def main() -> None:
     vx, vpresent, _ = arrays(validation, 1, args.per_example)
     print(f"{len(x)} training slices ({present.mean():.0%} with tumour), {len(vx)} validation")
 
-    detector = slice_cnn(1, "sigmoid", "neurogate_detector")
-    detector.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy", metrics=["accuracy"]
-    )
-    detector.fit(
-        x, present, batch_size=32, epochs=args.epochs, validation_data=(vx, vpresent), verbose=2
-    )
-    detector.save(args.out / "detector.keras")
+    def network(name: str, outputs: int, activation: str) -> keras.Model:
+        if args.resume:
+            return keras.saving.load_model(args.resume / f"{name}.keras", compile=False)
+        return slice_cnn(outputs, activation, f"neurogate_{name}")
+
+    if args.only != "classifier":
+        detector = network("detector", 1, "sigmoid")
+        detector.compile(
+            optimizer=keras.optimizers.Adam(args.lr),
+            loss="binary_crossentropy",
+            metrics=["accuracy"],
+        )
+        detector.fit(
+            x, present, batch_size=32, epochs=args.epochs, validation_data=(vx, vpresent),
+            verbose=2,
+        )  # fmt: skip
+        detector.save(args.out / "detector.keras")
     del x, vx
+    if args.only == "detector":
+        return
 
     # The classifier sees some slices whole too: /api/classify has no brain mask.
     x, _, classes = arrays(examples, 2, args.per_example, args.whole_planes)
     vx, _, vclasses = arrays(validation, 3, args.per_example, args.whole_planes)
 
-    classifier = slice_cnn(len(CLASSES), "softmax", "neurogate_classifier")
+    classifier = network("classifier", len(CLASSES), "softmax")
     classifier.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=keras.optimizers.Adam(args.lr),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

@@ -15,10 +15,10 @@ import numpy as np
 from models.training.data import make_example
 
 
-def write_example(job: tuple[Path, int]) -> str:
-    out, seed = job
+def write_example(job: tuple[Path, int, bool]) -> str:
+    out, seed, full_head = job
     path = out / f"{seed:06d}.npz"
-    example = make_example(seed)
+    example = make_example(seed, full_head=full_head)
     partial = path.with_suffix(".partial.npz")
     np.savez_compressed(
         partial, image=example.image, label=example.label, brain=example.brain,
@@ -33,11 +33,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("var/training/examples"))
     parser.add_argument("--count", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0, help="first seed (evaluation: 100000)")
+    parser.add_argument(
+        "--full-head", action="store_true",
+        help="whole heads with face and neck in view (models.synthetic.head), not thin skulls",
+    )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="processes generating examples")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [
-        (args.out, seed)
+        (args.out, seed, args.full_head)
         for seed in range(args.seed, args.seed + args.count)
         if not (args.out / f"{seed:06d}.npz").exists()
     ]
