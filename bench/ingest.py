@@ -5,11 +5,11 @@ their ratio, the CPU time each receiver spent per image (user and system, from `
 machine whose cores the senders share, what bounds concurrent throughput) and its peak memory.
 The listener runs on each engine (``LISTENER__ENGINE``: ``fast``, and ``stock``, pynetdicom's
 public API alone), each also with its fsyncs off (storescp does not fsync), to show what
-durability costs. Rounds alternate between the receivers so that machine noise hits all alike;
-the median round is reported. What the receivers store is kept until the end (some GB: images
-x rounds x rows). ``--memory 500,2000`` instead sends studies of each size to a
-fresh listener and prints its peak memory for each: flat memory means the peaks do not grow
-with the number of images.
+durability costs; pynetdicom's own storescp application is the stock engine's reference.
+Rounds alternate between the receivers so that machine noise hits all alike; the median round
+is reported. What the receivers store is kept until the end (some GB: images x rounds x rows).
+``--memory 500,2000`` instead sends studies of each size to a fresh listener and prints its
+peak memory for each: flat memory means the peaks do not grow with the number of images.
 
     .venv/bin/python bench/ingest.py --images 2000 --rounds 3
     .venv/bin/python bench/ingest.py --memory 500,2000
@@ -80,6 +80,20 @@ def send(port: int, files: list[Path], associations: int) -> float:
 def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["storescp", "-aet", "NEUROGATE", "--output-directory", str(folder), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
+def pynetdicom_storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """pynetdicom's own storescp application: pynetdicom's speed, with its own (decoding,
+    unsynced) storage."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pynetdicom", "storescp", "-aet", "NEUROGATE"),
+            *("--output-directory", str(folder), str(port)),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=ENV,
@@ -206,6 +220,7 @@ def stock_listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[by
 Receiver = Callable[[Path, int], subprocess.Popen[bytes]]
 RECEIVERS: dict[str, Receiver] = {
     "dcmtk storescp": storescp,
+    "pynetdicom storescp": pynetdicom_storescp,
     "neurogate fast": listener,
     "  (fsync off)": listener_without_fsync,
     "neurogate stock": stock_listener,

@@ -320,9 +320,9 @@ class StorageSCP:
     def _take_dataset(self, event: Event) -> Path:
         """The received instance as a Part 10 file of our own in the store's ``tmp/``."""
         tmp = self._store.tmp_dir / tmp_name()
-        try:
-            received = event.dataset_path  # chunked receive: pynetdicom wrote it to disk
-        except AttributeError:
+        # With chunked receive, the file pynetdicom wrote; otherwise None (received in memory)
+        received = event.dataset_path
+        if received is None:
             with tmp.open("wb") as fh:
                 fh.write(event.encoded_dataset())
             return tmp

@@ -120,7 +120,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         NEUROGATE_LISTENER__ENGINE=ls.engine,
         NEUROGATE_BUS__BACKEND=settings.bus.backend,
         NEUROGATE_BUS__KAFKA_BOOTSTRAP_SERVERS=",".join(settings.bus.kafka_bootstrap_servers),
-        PYTHONPATH=str(REPO),
+        # The caller's path after the repository's (scripts/test puts the newest pynetdicom there)
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     return env
 
