@@ -3,14 +3,13 @@
 Prints a table of images/s and MB/s for each receiver with 1 and with N concurrent associations,
 their ratio, the CPU time each receiver spent per image (user and system, from ``/proc``: on a
 machine whose cores the senders share, what bounds concurrent throughput) and its peak memory.
-Extra rows: the listener with its fsyncs off (storescp does not fsync), to show what
-durability costs; the listener with its associations on one CPU (``listener.cpus``); and, with
-concurrent associations, the listener with receiver processes (``listener.processes``, one CPU
-each, peak memory summed). Rounds alternate between the receivers so that machine noise hits
-all alike; the median round is reported. What the receivers store is kept until the end (some
-GB: images x rounds x rows). ``--memory 500,2000`` instead sends studies of each size to a
-fresh listener and prints its peak memory for each: flat memory means the peaks do not grow
-with the number of images.
+The listener runs on each engine (``LISTENER__ENGINE``: ``fast``, and ``stock``, pynetdicom's
+public API alone), each also with its fsyncs off (storescp does not fsync), to show what
+durability costs; pynetdicom's own storescp application is the stock engine's reference.
+Rounds alternate between the receivers so that machine noise hits all alike; the median round
+is reported. What the receivers store is kept until the end (some GB: images x rounds x rows).
+``--memory 500,2000`` instead sends studies of each size to a fresh listener and prints its
+peak memory for each: flat memory means the peaks do not grow with the number of images.
 
     .venv/bin/python bench/ingest.py --images 2000 --rounds 3
     .venv/bin/python bench/ingest.py --memory 500,2000
@@ -87,13 +86,26 @@ def storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def pynetdicom_storescp(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """pynetdicom's own storescp application: pynetdicom's speed, with its own (decoding,
+    unsynced) storage."""
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pynetdicom", "storescp", "-aet", "NEUROGATE"),
+            *("--output-directory", str(folder), str(port)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ENV,
+    )
+
+
 def listener(
     folder: Path,
     port: int,
     *,
     fsync: bool = True,
-    processes: int = 1,
-    cpus: list[int] | None = None,
+    engine: str = "fast",
 ) -> subprocess.Popen[bytes]:
     env = {
         **ENV,
@@ -104,8 +116,7 @@ def listener(
         "NEUROGATE_LISTENER__STUDY_QUIET_SECONDS": "3600",
         "NEUROGATE_LOG_LEVEL": "WARNING",
         "NEUROGATE_LISTENER__FSYNC": "true" if fsync else "false",
-        "NEUROGATE_LISTENER__PROCESSES": str(processes),
-        "NEUROGATE_LISTENER__CPUS": ",".join(map(str, cpus or [])),
+        "NEUROGATE_LISTENER__ENGINE": engine,
     }
     return subprocess.Popen(
         [sys.executable, "-m", "dicom_listener"],
@@ -116,7 +127,7 @@ def listener(
 
 
 def _family(pid: int) -> list[int]:
-    """``pid`` and its descendants (receiver processes)."""
+    """``pid`` and its descendants."""
     family = [pid]
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -197,33 +208,24 @@ def listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[bytes]:
     return listener(folder, port, fsync=False)
 
 
-CPUS = sorted(os.sched_getaffinity(0))
+def stock_listener(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """The listener on the stock engine: pynetdicom's own speed, plus the listener's storage."""
+    return listener(folder, port, engine="stock")
 
 
-def listener_on_one_cpu(folder: Path, port: int) -> subprocess.Popen[bytes]:
-    """The listener with its associations on one CPU (``LISTENER__CPUS``)."""
-    return listener(folder, port, cpus=CPUS[-1:])
+def stock_listener_without_fsync(folder: Path, port: int) -> subprocess.Popen[bytes]:
+    return listener(folder, port, engine="stock", fsync=False)
 
 
 Receiver = Callable[[Path, int], subprocess.Popen[bytes]]
 RECEIVERS: dict[str, Receiver] = {
     "dcmtk storescp": storescp,
-    "neurogate listener": listener,
+    "pynetdicom storescp": pynetdicom_storescp,
+    "neurogate fast": listener,
     "  (fsync off)": listener_without_fsync,
-    "  (on 1 CPU)": listener_on_one_cpu,
+    "neurogate stock": stock_listener,
+    "  (stock, fsync off)": stock_listener_without_fsync,
 }
-
-
-def receivers_for(associations: int, processes: int) -> dict[str, Receiver]:
-    """The receivers to compare; with concurrent associations, also the listener with
-    ``processes`` receiver processes."""
-    if associations == 1 or processes < 2:
-        return RECEIVERS
-
-    def multi(folder: Path, port: int) -> subprocess.Popen[bytes]:
-        return listener(folder, port, processes=processes, cpus=CPUS)
-
-    return {**RECEIVERS, f"  ({processes} processes)": multi}
 
 
 def throughput(args: argparse.Namespace, data: Path) -> None:
@@ -239,7 +241,7 @@ def throughput(args: argparse.Namespace, data: Path) -> None:
         f"{'peak MB':>9}{'ratio':>8}"
     )
     for associations in (1, args.associations):
-        receivers = receivers_for(associations, args.processes)
+        receivers = RECEIVERS
         times: dict[str, list[float]] = {name: [] for name in receivers}
         cpus: dict[str, list[float]] = {name: [] for name in receivers}
         peaks: dict[str, list[float]] = {name: [] for name in receivers}
@@ -280,12 +282,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="rows = columns of each image")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--associations", type=int, default=4)
-    parser.add_argument(
-        "--processes",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="receiver processes of the extra listener row for concurrent associations",
-    )
     parser.add_argument(
         "--memory",
         metavar="N,N",

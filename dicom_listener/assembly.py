@@ -95,13 +95,8 @@ class _StudyState:
             self.awaited.discard((header.series_instance_uid, header.sop_instance_uid))
 
 
-class TrackerUnreachable(Exception):
-    """A receiver process could not have an instance recorded by the listener process."""
-
-
 class InstanceRecorder(Protocol):
-    """What the SCP handlers report to: the :class:`StudyTracker`, or a receiver process's
-    client of the listener process's tracker (:mod:`dicom_listener.receivers`)."""
+    """What the SCP handlers report to: the part of the :class:`StudyTracker` they use."""
 
     def record(
         self, header: InstanceHeader, outcome: StoreOutcome, *, calling_ae: str, called_ae: str

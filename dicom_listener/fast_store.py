@@ -34,6 +34,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
 from dicom_listener.dimse_fast import encode_file_meta, encode_store_rsp, parse_store_request
+from dicom_listener.received import Received, StoreFunction
 from neurogate.storage import tmp_name
 
 if TYPE_CHECKING:
@@ -44,20 +45,6 @@ log = logging.getLogger(__name__)
 # A Part 10 stream at most this large is gathered in memory, checked there and written once,
 # straight to its place in the store; a larger one goes to a file in tmp/ as it arrives.
 IN_MEMORY_BYTES = 1 << 20
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """A data set received whole, as a Part 10 stream: in memory, or a file in ``tmp/``."""
-
-    path: Path | None  # the file in tmp/; None: only in memory, in ``content``
-    content: bytes | bytearray | None = None  # the stream's bytes, when it is small enough
-    synced: bool = False  # the file's content is on stable storage already
-
-
-# (received, SOP Class UID, SOP Instance UID, association) -> DIMSE status. The function owns
-# the received file from then on.
-StoreFunction = Callable[[Received, str, str, "Association"], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,8 +329,6 @@ class StoreReceiver:
 __all__ = [
     "FastStore",
     "ProtocolViolation",
-    "Received",
-    "StoreFunction",
     "StoreReceiver",
     "split_pdvs",
 ]

@@ -17,12 +17,7 @@ from pynetdicom.events import Event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_listener.assembly import (
-    MPPS_COMPLETED,
-    InstanceRecorder,
-    InstanceRef,
-    TrackerUnreachable,
-)
+from dicom_listener.assembly import MPPS_COMPLETED, InstanceRecorder, InstanceRef
 from dicom_listener.status import Status
 from neurogate.db.models import PerformedProcedureStep
 from schemas.uids import validate_uid
@@ -132,9 +127,5 @@ class ProcedureStepSCP:
             return Status.PROCESSING_FAILURE, None
         log.info("MPPS step updated", extra={**ids, "status": str(new_status), "study": study_uid})
         if completed and study_uid:
-            try:
-                self._tracker.procedure_step_completed(study_uid, awaited)
-            except TrackerUnreachable:
-                # The step is recorded; the study still completes on its quiet timer.
-                log.exception("could not pass the completed MPPS step on", extra=ids)
+            self._tracker.procedure_step_completed(study_uid, awaited)
         return Status.SUCCESS, mods

@@ -21,7 +21,8 @@ costs go: a PDU is read with one ``recv`` rather than one per 4 kB, and a plain 
 is encoded directly (byte for byte what pynetdicom's pydicom-based encoder writes).
 
 The same copies guard the listener against peers that claim, withhold or flood (issue #19):
-a PDU's claimed length is bounded before anything is allocated for it (:func:`accepted_pdu_size`,
+a PDU's claimed length is bounded before anything is allocated for it
+(:func:`~dicom_listener.limits.accepted_pdu_size`,
 ``CONTROL_PDU_LIMIT``) and its buffer grows only with what arrives; each PDU must arrive whole
 before a deadline (the ARTIM timer before the association, the network timeout after), and
 no wait on a socket outlasts the association's timeouts (:func:`bound_waits`); a connection
@@ -43,14 +44,13 @@ import hashlib
 import inspect
 import logging
 import queue
-import resource
 import select
 import socket
 import ssl
 import struct
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -77,9 +77,9 @@ from pynetdicom.transport import (
 )
 from pynetdicom.utils import make_target
 
-from dicom_listener.affinity import pin_this_thread
 from dicom_listener.dimse_fast import FastDIMSEMessage, encode_store_rsp
 from dicom_listener.fast_store import P_DATA_TF, FastStore, StoreReceiver
+from dicom_listener.limits import PDU_CEILING
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,6 @@ _UPSTREAM_DIGESTS = {
 _PDV_OVERHEAD = 6
 # Longest wait between two looks at pynetdicom's clocks and flags.
 MAX_IDLE_S = 0.05
-# The largest P-DATA-TF PDU accepted, whatever MAX_PDU_SIZE says (and the largest advertised)
-PDU_CEILING = 16 << 20
 # Other PDUs (A-ASSOCIATE, A-RELEASE, A-ABORT) are smaller than this: 128 presentation
 # contexts with every transfer syntax pydicom knows make an A-ASSOCIATE-RQ of about 150 kB.
 CONTROL_PDU_LIMIT = 1 << 20
@@ -136,10 +134,6 @@ CONTROL_PDU_LIMIT = 1 << 20
 READ_STEP = 1 << 20
 # How long a PDU may take when the association has neither a network nor an ACSE timeout
 DEFAULT_PDU_TIMEOUT_S = 60.0
-# Never advertised smaller than this (pynetdicom's own default is 16382)
-MIN_PDU_SIZE = 16 << 10
-# A PDU being read is held about twice: its buffer, and the PDU it is appended to
-_PDU_COPIES = 2
 # Events made from a primitive on the DUL's to_provider_queue (PS3.8 table 9-9)
 _LOCAL_PRIMITIVE_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 # A-ABORT reasons from the service provider (PS3.8 table 9-26)
@@ -149,34 +143,6 @@ _INVALID_PDU_PARAMETER_VALUE = 0x06
 
 class UnsupportedPynetdicom(RuntimeError):
     """The installed pynetdicom is not the one the reactors were copied from."""
-
-
-def memory_limit_bytes() -> int | None:
-    """The memory this process may use, if limited: its address-space limit (``RLIMIT_AS``) or
-    its cgroup's ``memory.max``, whichever is lower; ``None`` when neither is set."""
-    limits = []
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        limits.append(soft)
-    with contextlib.suppress(OSError, ValueError):
-        text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if text != "max":
-            limits.append(int(text))
-    return min(limits) if limits else None
-
-
-def accepted_pdu_size(configured: int, max_associations: int) -> int:
-    """The largest P-DATA-TF PDU the listener advertises and accepts.
-
-    ``configured`` (``MAX_PDU_SIZE``; 0: no wish of its own), never more than ``PDU_CEILING``,
-    nor more than a share of the process's memory limit that leaves every association room
-    for a PDU being read and a copy of it, with half the memory left for everything else.
-    """
-    size = min(configured or PDU_CEILING, PDU_CEILING)
-    memory = memory_limit_bytes()
-    if memory is not None:
-        size = min(size, memory // (2 * _PDU_COPIES * max(max_associations, 1)))
-    return max(size, MIN_PDU_SIZE)
 
 
 def bound_waits(sock: socket.socket, seconds: float) -> None:
@@ -999,32 +965,12 @@ class _Server(ThreadedAssociationServer):
                 self._open.pop(host, None)
 
 
-class _HandedServer(_Server):
-    """The guarded server for connections accepted by another process.
-
-    It never binds or listens: :meth:`hand` gives it a connected socket, and the association
-    runs on a thread of its own, as for a connection the server had accepted itself.
-    """
-
-    def server_bind(self) -> None:
-        pass
-
-    def server_activate(self) -> None:
-        pass
-
-    def hand(self, sock: socket.socket, address: tuple[str, int]) -> None:
-        """Serve the connected ``sock`` from the peer at ``address``."""
-        self.process_request(sock, address)
-
-
 def start_server(
     ae: ApplicationEntity,
     address: tuple[str, int],
     *,
     fast_store: FastStore | None = None,
     receive_dir: Path | None = None,
-    handed: bool = False,
-    cpus: Collection[int] = (),
     max_connections_per_peer: int = 0,
     **kwargs: Any,
 ) -> ThreadedAssociationServer:
@@ -1034,36 +980,26 @@ def start_server(
     (:class:`~dicom_listener.fast_store.StoreReceiver`); without it every C-STORE goes through
     pynetdicom's service class and the ``EVT_C_STORE`` handler. ``receive_dir``: where the
     data sets of C-STOREs pynetdicom receives are written as they arrive (``event.dataset_path``);
-    ``None``: pynetdicom's default (in memory). ``handed``: the server does not
-    listen on ``address`` (the listening socket is another process's), it serves connections
-    given to its ``hand(sock, address)`` method. ``cpus``: the CPUs the server's thread, and so
-    the associations' threads it starts, run on (empty: any). ``max_connections_per_peer``:
-    connections one address may have open at once (0: any number).
+    ``None``: pynetdicom's default (in memory). ``max_connections_per_peer``: connections one
+    address may have open at once (0: any number).
     """
     check_supported()
     server = ae.make_server(
         address,
-        server_class=_HandedServer if handed else _Server,
+        server_class=_Server,
         request_handler=EventDrivenRequestHandler,
         **kwargs,
     )
     cast(_Server, server).max_per_peer = max_connections_per_peer
     server.fast_store = fast_store  # type: ignore[attr-defined]
     server.receive_dir = receive_dir  # type: ignore[attr-defined]
-    if not handed:
-
-        def serve() -> None:
-            if cpus:  # inherited by every thread started from here: the associations'
-                pin_this_thread(cpus)
-            server.serve_forever()
-
-        timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
-        thread = threading.Thread(
-            target=make_target(serve),
-            name=f"AcceptorServer@{timestamp}",
-            daemon=True,
-        )
-        thread.start()
+    timestamp = datetime.strftime(datetime.now(), "%Y%m%d%H%M%S")
+    thread = threading.Thread(
+        target=make_target(server.serve_forever),
+        name=f"AcceptorServer@{timestamp}",
+        daemon=True,
+    )
+    thread.start()
     ae._servers.append(server)
     return cast(ThreadedAssociationServer, server)
 

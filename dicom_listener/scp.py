@@ -33,10 +33,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event, EventHandlerType
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_listener.assembly import InstanceRecorder, TrackerUnreachable
-from dicom_listener.fast_store import Received
+from dicom_listener.assembly import InstanceRecorder
 from dicom_listener.instances import InvalidInstance, read_header
-from dicom_listener.reactor import accepted_pdu_size
+from dicom_listener.limits import accepted_pdu_size
+from dicom_listener.received import Received
 from dicom_listener.status import Status
 from neurogate.settings import ListenerSettings
 from neurogate.storage import InstanceStore, StoreOutcome, tmp_name
@@ -307,7 +307,7 @@ class StorageSCP:
                 calling_ae=assoc.requestor.ae_title,
                 called_ae=assoc.acceptor.ae_title,
             )
-        except (SQLAlchemyError, TrackerUnreachable):
+        except SQLAlchemyError:
             # Without its study marked as receiving, a restart could not resume the study.
             # Undo and refuse: the sender keeps the instance and retries.
             log.exception("could not record the instance's study; refused", extra=ids)
@@ -320,9 +320,9 @@ class StorageSCP:
     def _take_dataset(self, event: Event) -> Path:
         """The received instance as a Part 10 file of our own in the store's ``tmp/``."""
         tmp = self._store.tmp_dir / tmp_name()
-        try:
-            received = event.dataset_path  # chunked receive: pynetdicom wrote it to disk
-        except AttributeError:
+        # With chunked receive, the file pynetdicom wrote; otherwise None (received in memory)
+        received = event.dataset_path
+        if received is None:
             with tmp.open("wb") as fh:
                 fh.write(event.encoded_dataset())
             return tmp

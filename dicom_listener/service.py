@@ -1,24 +1,18 @@
-"""The listener as a service: the SCP (in one or more processes), the completion timer and the
-outbox relay, together."""
+"""The listener as a service: the SCP on its engine, the completion timer and the outbox relay,
+together."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 
-from pynetdicom import _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_listener.affinity import check_cpus
-from dicom_listener.assembly import InstanceRecorder, StudyTracker
-from dicom_listener.fast_store import FastStore
-from dicom_listener.mpps import ProcedureStepSCP
-from dicom_listener.reactor import start_server
-from dicom_listener.receivers import ReceiverPool
-from dicom_listener.scp import Handler, StorageSCP, build_ae, build_ssl_context
+from dicom_listener.assembly import StudyTracker
+from dicom_listener.engines import choose_engine
+from dicom_listener.server import drain, serve_scp
 from neurogate.bus import Bus
 from neurogate.outbox import service_relay
 from neurogate.settings import Settings
@@ -28,63 +22,6 @@ from schemas.topics import Topic
 log = logging.getLogger(__name__)
 
 PUBLISHED_TOPICS = (Topic.STUDY_RECEIVED,)
-
-
-def serve_scp(
-    settings: Settings,
-    store: InstanceStore,
-    tracker: InstanceRecorder,
-    sessions: sessionmaker[Session],
-    *,
-    port: int,
-    handed: bool = False,
-    cpus: Collection[int] = (),
-) -> ThreadedAssociationServer:
-    """Start the SCP (storage, verification, MPPS) on ``port``; the server, accepting.
-
-    The listener process calls this when it receives itself; each receiver process
-    (:mod:`dicom_listener.receivers`) calls it with a client of the listener process's tracker
-    and ``handed``: its server takes connections the listener process accepted. ``cpus``: where
-    the associations run (:mod:`dicom_listener.affinity`).
-    """
-    listener = settings.listener
-    # pynetdicom's "standard" handlers format every PDU and DIMSE message for its INFO and
-    # DEBUG logs while holding the AE-wide lock: needless serialisation of the associations
-    # when those logs are off (neurogate.logging keeps pynetdicom at WARNING unless asked).
-    pynetdicom_logs = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
-    _config.LOG_HANDLER_LEVEL = "standard" if pynetdicom_logs else "none"
-    storage = StorageSCP(store, tracker, min_free_mb=listener.min_free_disk_mb)
-    mpps = ProcedureStepSCP(sessions, tracker)
-    handlers: list[Handler] = [
-        *storage.handlers(),
-        (evt.EVT_N_CREATE, mpps.on_n_create),
-        (evt.EVT_N_SET, mpps.on_n_set),
-    ]
-    return start_server(
-        build_ae(listener),
-        (listener.host, port),
-        evt_handlers=handlers,
-        ssl_context=build_ssl_context(listener),
-        fast_store=FastStore(storage.store_received, store.tmp_dir, fsync=store.fsync)
-        if listener.fast_store
-        else None,
-        # What the fast path declines, pynetdicom writes to a file as it arrives; in the store's
-        # tmp/, so that the handler hard-links rather than copies it.
-        receive_dir=store.tmp_dir if listener.chunked_receive else None,
-        handed=handed,
-        cpus=cpus,
-        max_connections_per_peer=listener.max_connections_per_peer,
-    )
-
-
-def drain(server: ThreadedAssociationServer, grace_s: float) -> None:
-    """Let the server's associations finish, for up to ``grace_s``; abort those still open."""
-    deadline = time.monotonic() + grace_s
-    while server.active_associations and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for assoc in server.active_associations:
-        log.warning("aborting association at shutdown", extra={"assoc": assoc.native_id})
-        assoc.abort()
 
 
 class ListenerService:
@@ -112,19 +49,16 @@ class ListenerService:
             on_completed=self.relay.wake,
         )
         self._sessions = sessions
-        self.receivers: ReceiverPool | None = None
+        self.engine = choose_engine(settings.listener.engine)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: ThreadedAssociationServer | None = None
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is not None:
-            host, port = self._server.server_address[:2]
-        elif self.receivers is not None:
-            host, port = self.receivers.address
-        else:
+        if self._server is None:
             raise RuntimeError("listener not started")
+        host, port = self._server.server_address[:2]
         return str(host), int(port)
 
     def start(self) -> None:
@@ -133,24 +67,9 @@ class ListenerService:
         removed = self.store.clean_tmp()
         if removed:
             log.info("removed unacknowledged partial files", extra={"count": removed})
-        check_cpus(settings.cpus)
         resumed = self.tracker.recover()
-        if settings.processes == 1:
-            self._server = serve_scp(
-                self._settings,
-                self.store,
-                self.tracker,
-                self._sessions,
-                port=settings.port,
-                cpus=settings.cpus,
-            )
-            host, port = self.address
-        else:
-            # Receiver processes serve the associations this one accepts, and this one
-            # answers their reports with an interpreter lock no association competes for.
-            self.receivers = ReceiverPool(self._settings, self.tracker, settings.processes)
-            self.receivers.start()
-            host, port = self.address
+        self._server = serve_scp(settings, self.engine, self.store, self.tracker, self._sessions)
+        host, port = self.address
         self._spawn("completion-timer", self._completion_loop)
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
         log.info(
@@ -158,8 +77,7 @@ class ListenerService:
             extra={
                 "ae_title": settings.ae_title,
                 "address": f"{host}:{port}",
-                "processes": settings.processes,
-                "cpus": ",".join(map(str, settings.cpus)) or "any",
+                "engine": self.engine,
                 "tls": settings.tls_enabled,
                 "resumed_studies": resumed,
                 "quiet_s": settings.study_quiet_seconds,
@@ -168,10 +86,6 @@ class ListenerService:
 
     def stop(self, grace_s: float = 30.0) -> None:
         """Stop accepting, let associations in progress finish (up to ``grace_s``), then stop."""
-        if self.receivers is not None:
-            # First, while this process's tracker still answers their reports
-            self.receivers.stop(grace_s)
-            self.receivers = None
         if self._server is not None:
             server, self._server = self._server, None
             server.shutdown()

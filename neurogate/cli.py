@@ -106,12 +106,12 @@ def service_problems(settings: Settings, names: Sequence[str]) -> list[Problem]:
         if taken:
             problems.append(Problem(f"NEUROGATE_{variable}", taken))
     if "listener" in names:
-        from dicom_listener.affinity import check_cpus
+        if settings.listener.engine == "fast":
+            from dicom_listener.engines import fast_unavailable
 
-        try:
-            check_cpus(settings.listener.cpus)
-        except ValueError as exc:
-            problems.append(Problem("NEUROGATE_LISTENER__CPUS", str(exc)))
+            reason = fast_unavailable()
+            if reason is not None:
+                problems.append(Problem("NEUROGATE_LISTENER__ENGINE", reason))
         for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
             problems += _missing_file(f"LISTENER__{name}", getattr(settings.listener, name))
     if "worker" in names:

@@ -66,22 +66,15 @@ class ListenerSettings(BaseModel):
     # A study is complete this long after its last instance (Orthanc and mercure use 60 s).
     study_quiet_seconds: float = Field(30.0, gt=0)
     completion_check_seconds: float = Field(1.0, gt=0)
+    # What runs the associations (dicom_listener.engines): "stock", pynetdicom's public API
+    # alone, any pynetdicom 3.x; "fast", the accelerator, only on the pynetdicom release it was
+    # derived from; "auto", fast when that release is installed, otherwise stock (one warning)
+    engine: Literal["auto", "stock", "fast"] = "auto"
     # Receive datasets straight to disk (memory stays flat for large instances).
     chunked_receive: bool = True
-    # C-STORE requests handled on the network thread (dicom_listener.fast_store); off: every
-    # request goes through pynetdicom's service class, as any other DIMSE message does
+    # Fast engine: C-STORE requests handled on the network thread (dicom_listener.fast_store);
+    # off: every request goes through pynetdicom's service class, as any other DIMSE message does
     fast_store: bool = True
-    # Processes receiving on the listener's port: 1, the listener process itself; more, that many
-    # receiver processes, to which the listener process hands each accepted connection in turn
-    # (the socket passed over a Unix socket pair; see dicom_listener.receivers), to spread
-    # concurrent associations over CPU cores, reporting to the listener process's study tracker
-    processes: int = Field(1, ge=1, le=64)
-    # CPUs the associations run on (Linux CPU numbers; empty: wherever the kernel puts them).
-    # A process runs Python on one core at a time, and its association threads hand the
-    # interpreter lock to each other at every system call: on one CPU those hand-offs cost
-    # less than across cores. One process: its associations run on these CPUs (one is best);
-    # receiver process i runs on cpus[i % len(cpus)].
-    cpus: Annotated[list[int], NoDecode] = []
     fsync: bool = True
     # Largest P-DATA-TF PDU peers may send, as advertised in the A-ASSOCIATE-AC; 0: the
     # listener's ceiling (16 MiB), which also caps larger values, and so does a share of the
@@ -94,7 +87,7 @@ class ListenerSettings(BaseModel):
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None  # set to require and verify client certificates
 
-    _split = field_validator("allowed_calling_ae_titles", "cpus", mode="before")(_split_csv)
+    _split = field_validator("allowed_calling_ae_titles", mode="before")(_split_csv)
 
     @field_validator("ae_title")
     @classmethod
@@ -105,13 +98,6 @@ class ListenerSettings(BaseModel):
     @classmethod
     def _check_allowed(cls, value: list[str]) -> list[str]:
         return [validate_ae_title(v) for v in value]
-
-    @field_validator("cpus")
-    @classmethod
-    def _check_cpus(cls, value: list[int]) -> list[int]:
-        if any(cpu < 0 for cpu in value) or len(set(value)) != len(value):
-            raise ValueError(f"cpus must be distinct CPU numbers (0, 1, ...), not {value}")
-        return value
 
     @model_validator(mode="after")
     def _check_tls(self) -> ListenerSettings:

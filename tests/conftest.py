@@ -26,6 +26,9 @@ POSTGRES_URL = os.environ.get(
     "NEUROGATE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 )
 DCMTK_TOOLS = ("storescu", "echoscu")
+# The listener engine the listener tests run on (scripts/test runs them on both); tests of one
+# engine's own parts ask for it by name.
+LISTENER_ENGINE = os.environ.get("NEUROGATE_TEST_LISTENER_ENGINE", "auto")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,6 +36,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     missing = [tool for tool in DCMTK_TOOLS if shutil.which(tool) is None]
     if missing and any(item.get_closest_marker("dcmtk") for item in items):
         raise pytest.UsageError(f"dcmtk tools missing: {missing}; run scripts/setup --test")
+
+
+@pytest.fixture(autouse=True)
+def _pynetdicom_receive_switch() -> Iterator[None]:
+    """The stock engine sets pynetdicom's process-wide receive switch (a process runs one
+    listener; a test process, many): each test starts from pynetdicom's default."""
+    from pynetdicom import _config
+
+    previous = _config.STORE_RECV_CHUNKED_DATASET
+    yield
+    _config.STORE_RECV_CHUNKED_DATASET = previous
 
 
 def free_port() -> int:
@@ -112,6 +126,7 @@ def make_settings(
         "study_quiet_seconds": 2.0,
         "completion_check_seconds": 0.1,
         "min_free_disk_mb": 0,
+        "engine": LISTENER_ENGINE,
         **listener,
     }
     return Settings(

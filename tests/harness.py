@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.pdu import A_ASSOCIATE_RQ
@@ -21,6 +22,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import MRImageStorage
 from sqlalchemy import select
 
+from dicom_listener.engines import fast_unavailable
 from dicom_listener.service import ListenerService
 from neurogate.bus import Bus, Consumer, open_bus
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
@@ -30,6 +32,14 @@ from schemas import StudyReceived, Topic, parse_event
 
 REPO = Path(__file__).resolve().parents[1]
 T = TypeVar("T")
+
+
+# Tests of the fast engine's own parts: skipped where the installed pynetdicom is not the
+# release it was derived from (CI's run against the newest pynetdicom, on the stock engine).
+_FAST_UNAVAILABLE = fast_unavailable()
+requires_fast_engine = pytest.mark.skipif(
+    _FAST_UNAVAILABLE is not None, reason=f"fast engine unavailable: {_FAST_UNAVAILABLE}"
+)
 
 
 def wait_for(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05) -> T:
@@ -107,9 +117,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
         NEUROGATE_LISTENER__STUDY_QUIET_SECONDS=str(ls.study_quiet_seconds),
         NEUROGATE_LISTENER__COMPLETION_CHECK_SECONDS=str(ls.completion_check_seconds),
         NEUROGATE_LISTENER__MIN_FREE_DISK_MB=str(ls.min_free_disk_mb),
+        NEUROGATE_LISTENER__ENGINE=ls.engine,
         NEUROGATE_BUS__BACKEND=settings.bus.backend,
         NEUROGATE_BUS__KAFKA_BOOTSTRAP_SERVERS=",".join(settings.bus.kafka_bootstrap_servers),
-        PYTHONPATH=str(REPO),
+        # The caller's path after the repository's (scripts/test puts the newest pynetdicom there)
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     return env
 

@@ -31,7 +31,9 @@ from dicom_listener.status import Status
 from neurogate.settings import Settings
 from tests.conftest import make_settings
 from tests.dicomgen import write_mr_study
-from tests.harness import echo, running_listener, storescu, wait_for
+from tests.harness import echo, requires_fast_engine, running_listener, storescu, wait_for
+
+pytestmark = requires_fast_engine
 
 COMMAND_LAST = 0x03
 DATA = 0x00
@@ -40,7 +42,7 @@ DATA_LAST = 0x02
 
 @pytest.fixture
 def settings(tmp_path: Path, sqlite_url: str) -> Settings:
-    return make_settings(tmp_path / "node", sqlite_url)
+    return make_settings(tmp_path / "node", sqlite_url, engine="fast")
 
 
 @pytest.fixture

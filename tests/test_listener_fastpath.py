@@ -18,6 +18,9 @@ from pynetdicom.dsutils import create_file_meta, encode
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicom_listener import dimse_fast, reactor
+from tests.harness import requires_fast_engine
+
+pytestmark = requires_fast_engine
 
 MR = "1.2.840.10008.5.1.4.1.1.4"
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -2,7 +2,9 @@
 listener neither its memory, nor its association slots, nor the rest of an association.
 
 The listener runs as a real process under a 2 GiB address-space limit where memory is the
-point; peers are raw sockets, dcmtk's echoscu/storescu and pynetdicom requestors.
+point; peers are raw sockets, dcmtk's echoscu/storescu and pynetdicom requestors. The guards
+against peers that claim, withhold or flood are the fast engine's (dicom_listener.reactor);
+the stock engine has pynetdicom's own, so those tests name the fast engine.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.harness import (
     REPO,
     associate_rq,
     echo,
+    requires_fast_engine,
     running_listener,
     settings_env,
     storescu,
@@ -137,10 +140,11 @@ def echoscu_ok(port: int) -> bool:
     return result.returncode == 0
 
 
+@requires_fast_engine
 def test_pdus_claiming_gigabytes_cost_no_memory_and_a_real_sender_gets_through(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    settings = make_settings(tmp_path / "node", sqlite_url, port=free_port())
+    settings = make_settings(tmp_path / "node", sqlite_url, port=free_port(), engine="fast")
     study = write_mr_study(tmp_path / "scanner", series=1, slices=3, size=64)
     with limited_listener(settings, tmp_path / "listener.log") as pid:
         port = settings.listener.port
@@ -165,10 +169,11 @@ def test_pdus_claiming_gigabytes_cost_no_memory_and_a_real_sender_gets_through(
     assert len(list(settings.storage_root.joinpath("studies").rglob("*.dcm"))) == 3
 
 
+@requires_fast_engine
 def test_ten_stalled_connections_are_dropped_and_a_real_sender_gets_through(
     tmp_path: Path, sqlite_url: str
 ) -> None:
-    settings = make_settings(tmp_path / "node", sqlite_url, port=free_port())
+    settings = make_settings(tmp_path / "node", sqlite_url, port=free_port(), engine="fast")
     timeouts = {"acse_timeout_seconds": "2", "network_timeout_seconds": "2"}
     with limited_listener(
         settings, tmp_path / "listener.log", max_connections_per_peer="0", **timeouts
@@ -196,9 +201,14 @@ def test_ten_stalled_connections_are_dropped_and_a_real_sender_gets_through(
     assert peak < 400, f"peak RSS {peak:.0f} MB"
 
 
+@requires_fast_engine
 def test_one_peer_cannot_take_every_slot(tmp_path: Path, sqlite_url: str) -> None:
     settings = make_settings(
-        tmp_path / "node", sqlite_url, max_associations=4, max_connections_per_peer=3
+        tmp_path / "node",
+        sqlite_url,
+        max_associations=4,
+        max_connections_per_peer=3,
+        engine="fast",
     )
     with running_listener(settings) as service, ExitStack() as stack:
         port = service.address[1]

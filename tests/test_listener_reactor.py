@@ -20,7 +20,9 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_listener import reactor
-from tests.harness import wait_for
+from tests.harness import requires_fast_engine, wait_for
+
+pytestmark = requires_fast_engine
 
 VERIFICATION = "1.2.840.10008.1.1"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

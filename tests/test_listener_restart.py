@@ -89,7 +89,7 @@ def test_an_instance_stored_but_not_recorded_before_a_crash_completes_its_study_
     tmp_path: Path, sqlite_url: str
 ) -> None:
     """The window between an instance's file being published and its study being recorded: a
-    listener (or receiver process) that dies there never answered, so the sender resends an
+    listener that dies there never answered, so the sender resends an
     instance the store already holds. Its study must still be received and announced."""
     settings = make_settings(tmp_path / "node", sqlite_url, study_quiet_seconds=1.0)
     (source,) = write_mr_study(tmp_path / "scanner", series=1, slices=1).files

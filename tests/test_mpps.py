@@ -62,15 +62,11 @@ def _mpps_association(port: int):  # type: ignore[no-untyped-def]
     return assoc
 
 
-@pytest.mark.parametrize("processes", [1, 2], ids=["one-process", "receiver-processes"])
 def test_mpps_completed_completes_the_study_without_waiting_for_the_quiet_timer(
-    tmp_path: Path, database_url: str, processes: int
+    tmp_path: Path, database_url: str
 ) -> None:
     # A quiet period far longer than the test's timeout: only MPPS can complete the study.
-    # With receiver processes, the MPPS and the images reach the tracker through them.
-    settings = make_settings(
-        tmp_path / "node", database_url, study_quiet_seconds=3600, processes=processes
-    )
+    settings = make_settings(tmp_path / "node", database_url, study_quiet_seconds=3600)
     study = write_mr_study(tmp_path / "scanner", series=2, slices=3)
     mpps_uid = generate_uid()
     with running_listener(settings) as service:

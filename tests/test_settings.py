@@ -17,14 +17,14 @@ from tests.conftest import free_port
 def test_environment_with_nested_groups_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEUROGATE_LISTENER__AE_TITLE", "NG_MAIN")
     monkeypatch.setenv("NEUROGATE_LISTENER__ALLOWED_CALLING_AE_TITLES", "MRI_1, MRI_2")
-    monkeypatch.setenv("NEUROGATE_LISTENER__CPUS", "2, 3")
+    monkeypatch.setenv("NEUROGATE_LISTENER__ENGINE", "stock")
     monkeypatch.setenv("NEUROGATE_BUS__BACKEND", "kafka")
     monkeypatch.setenv("NEUROGATE_BUS__KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
     monkeypatch.setenv("NEUROGATE_DATABASE_URL", "postgresql+psycopg2://ng@db/ng")
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.listener.ae_title == "NG_MAIN"
     assert settings.listener.allowed_calling_ae_titles == ["MRI_1", "MRI_2"]
-    assert settings.listener.cpus == [2, 3]
+    assert settings.listener.engine == "stock"
     assert settings.bus.kafka_bootstrap_servers == ["k1:9092", "k2:9092"]
     assert settings.sqlalchemy_url == "postgresql+psycopg2://ng@db/ng"
 
@@ -42,10 +42,10 @@ def test_invalid_ae_titles_are_refused(title: str) -> None:
         ListenerSettings(ae_title=title)
 
 
-@pytest.mark.parametrize("cpus", ["-1", "1,1", "one"])
-def test_cpus_that_name_no_cpu_or_one_twice_are_refused(cpus: str) -> None:
-    with pytest.raises(ValidationError, match="cpus"):
-        ListenerSettings.model_validate({"cpus": cpus})
+@pytest.mark.parametrize("engine", ["", "pynetdicom", "FAST"])
+def test_an_engine_that_does_not_exist_is_refused(engine: str) -> None:
+    with pytest.raises(ValidationError, match="engine"):
+        ListenerSettings.model_validate({"engine": engine})
 
 
 def test_tls_needs_certificate_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
