@@ -227,7 +227,10 @@ class PriorsPacs:
 
 def _status(status: Dataset, operation: str, pacs: str) -> int:
     if "Status" not in status:  # pynetdicom's empty dataset: timeout, abort or bad response
-        raise PacsUnavailable(f"{operation}: no answer (timeout or association aborted): {pacs}")
+        raise PacsUnavailable(
+            f"{operation}: no answer (a timeout, or the PACS aborted: does it know this node's "
+            f"AE title as a modality?): {pacs}"
+        )
     return int(status.Status)
 
 
