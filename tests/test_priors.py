@@ -208,8 +208,8 @@ def test_a_prior_in_the_pacs_is_retrieved_analysed_and_compared(
     pdf = dcmread(settings.storage_root / pdf_path)
     document = bytes(pdf.EncapsulatedDocument)[: int(pdf.EncapsulatedDocumentLength)]
     pdf_words = pdf_text(document)
-    assert "Follow-up" in pdf_words and "Prior 2025-03-04 (mL)" in pdf_words
-    assert "This study 2026-03-02 (mL)" in pdf_words
+    assert "Follow-up" in pdf_words and "Compared with the prior study of 2025-03-04" in pdf_words
+    assert "Prior 2025-03-04" in pdf_words and "2026-03-02 (mL)" in pdf_words  # the headings
     assert f"{wt.previous_ml:.2f}" in pdf_words and f"{wt.change_ml:+.2f}" in pdf_words
     assert f"{wt.change_percent:+.1f} %" in pdf_words
 
