@@ -399,3 +399,13 @@ def test_without_a_pacs_or_a_prior_the_findings_say_why_and_a_local_prior_is_com
         "change_ml": 30.0,
         "change_percent": None,
     }
+
+    # Three priors considered: the older ones are listed, the newest is compared; the one in
+    # the PACS cannot be retrieved (nothing listens where Orthanc sends it) and is not analysed.
+    older_uid = generate_uid()
+    _add_study(database, older_uid, "20250110")
+    _add_analysis(database, _findings(older_uid, {"WT": 5.0, "TC": 1.0, "ET": 0.5}))
+    three = follow_up(_priors(orthanc, max_priors=3)).attach(current).findings.prior
+    assert three is not None and three.prior_study_instance_uid == local_uid
+    assert list(three.other_priors.items()) == [(in_pacs, "20251001"), (older_uid, "20250110")]
+    assert analysed == []
