@@ -266,7 +266,8 @@ class FollowUp:
         try:
             comparison = self._compare(findings)
         except (PacsUnavailable, PriorNotAnalysed) as exc:
-            log.warning("no follow-up comparison", extra={"study_uid": uid, "reason": str(exc)})
+            level = logging.WARNING if isinstance(exc, PacsUnavailable) else logging.INFO
+            log.log(level, "no follow-up comparison", extra={"study_uid": uid, "reason": str(exc)})
             skipped = {**findings.skipped, STAGE: str(exc)}
             return dataclasses.replace(
                 analysis, findings=findings.model_copy(update={"skipped": skipped})
@@ -337,8 +338,16 @@ class FollowUp:
         )
 
     def _candidates(self, patient_id: str, before: dt.date, current_uid: str) -> list[PriorStudy]:
-        """The PACS's priors and this node's own earlier studies of the patient, newest first."""
-        found = {p.study_instance_uid: p for p in self._pacs.find(patient_id, before)}
+        """The PACS's priors and this node's own earlier studies of the patient, newest first.
+
+        A PACS that cannot be asked leaves this node's own studies; without any, its error.
+        """
+        unreachable: PacsUnavailable | None = None
+        try:
+            found = {p.study_instance_uid: p for p in self._pacs.find(patient_id, before)}
+        except PacsUnavailable as exc:
+            log.warning("priors PACS not asked", extra={"reason": str(exc)})
+            unreachable, found = exc, {}
         first = (before - dt.timedelta(days=self._settings.lookback_days)).strftime(DA_FORMAT)
         with self._sessions() as session:
             local = session.scalars(
@@ -359,6 +368,8 @@ class FollowUp:
                     ),
                 )
         found.pop(current_uid, None)
+        if not found and unreachable is not None:
+            raise unreachable
         ranked = sorted(found.values(), key=lambda p: p.study_date or "", reverse=True)
         return ranked[: self._settings.max_priors]
 

@@ -409,3 +409,7 @@ def test_without_a_pacs_or_a_prior_the_findings_say_why_and_a_local_prior_is_com
     assert three is not None and three.prior_study_instance_uid == local_uid
     assert list(three.other_priors.items()) == [(in_pacs, "20251001"), (older_uid, "20250110")]
     assert analysed == []
+
+    # A PACS that cannot be asked leaves the node's own priors.
+    local_only = down.attach(current).findings
+    assert local_only.prior is not None and local_only.prior.prior_study_instance_uid == local_uid
