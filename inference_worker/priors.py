@@ -22,20 +22,25 @@ import dataclasses
 import datetime as dt
 import logging
 import re
+import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    EnhancedMRImageStorage,
+    MRImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 from sqlalchemy import select
@@ -60,6 +65,9 @@ SUCCESS = 0x0000
 PENDING = frozenset({0xFF00, 0xFF01})
 SUBOPERATIONS_FAILED = 0xB000  # C-MOVE: one or more instances did not reach the destination
 DA_FORMAT = "%Y%m%d"
+# What a C-GET takes of a prior (SCP role): the MR images the analysis reads. Other objects of
+# the study (earlier results, reports) are refused and counted as failed sub-operations.
+GET_STORAGE_CLASSES = (MRImageStorage, EnhancedMRImageStorage)
 
 
 class PacsUnavailable(Exception):
@@ -115,12 +123,15 @@ def _date(value: str | None) -> dt.date | None:
 class PriorsPacs:
     """Query/retrieve SCU of the priors PACS (Study Root C-FIND and C-MOVE)."""
 
-    def __init__(self, settings: PriorSettings, listener_ae_title: str) -> None:
+    def __init__(
+        self, settings: PriorSettings, listener_ae_title: str, listener_port: int = 11112
+    ) -> None:
         if settings.ae_title is None:
             raise ValueError("priors: no PACS configured (PRIORS__AE_TITLE)")
         self._settings = settings
         self._called = settings.ae_title
         self._destination = settings.move_destination or listener_ae_title
+        self._listener_port = listener_port
         self._description = re.compile(settings.study_description_pattern, re.IGNORECASE)
 
     @property
@@ -129,12 +140,21 @@ class PriorsPacs:
         return f"{self._called}@{s.host}:{s.port}"
 
     @contextmanager
-    def _association(self, context: str, dimse_timeout: float) -> Iterator[Association]:
+    def _association(
+        self,
+        context: str,
+        dimse_timeout: float,
+        storage: Sequence[str] = (),
+        handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    ) -> Iterator[Association]:
+        """An association with the PACS for ``context``; ``storage``: classes taken as SCP."""
         settings = self._settings
         ae = AE(ae_title=settings.calling_ae_title)
         ae.acse_timeout = ae.network_timeout = settings.timeout_seconds
         ae.dimse_timeout = dimse_timeout
         ae.add_requested_context(context)
+        for sop_class in storage:
+            ae.add_requested_context(sop_class)
         rejections: list[A_ASSOCIATE_RJ] = []
 
         def on_pdu(event: Event) -> None:
@@ -145,7 +165,8 @@ class PriorsPacs:
             settings.host,
             settings.port,
             ae_title=self._called,
-            evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)],
+            ext_neg=[build_role(sop_class, scp_role=True) for sop_class in storage],
+            evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), *handlers],
         )
         if not assoc.is_established:
             raise PacsUnavailable(f"{_refusal(assoc, rejections)}: {self.name}")
@@ -196,8 +217,19 @@ class PriorsPacs:
             return None  # an MR of another body part
         return PriorStudy(uid, str(identifier.get("StudyDate", "") or "") or None, description)
 
-    def retrieve(self, study_uid: str) -> int:
-        """Have the PACS send the study to the listener (C-MOVE); how many instances it sent."""
+    def retrieve(self, study_uid: str, spool: Path) -> int:
+        """Bring the study into the listener (C-MOVE, or C-GET and C-STORE); how many instances.
+
+        Parameters
+        ----------
+        spool
+            A folder for C-GET to hold the instances in until they are stored in the listener.
+        """
+        if self._settings.retrieve_method == "c-get":
+            return self._get(study_uid, spool)
+        return self._move(study_uid)
+
+    def _move(self, study_uid: str) -> int:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
@@ -223,6 +255,70 @@ class PriorsPacs:
                     f"C-MOVE to {self._destination} failed with status 0x{code:04X}: {self.name}"
                 )
         raise PacsUnavailable(f"C-MOVE ended without a final status: {self.name}")
+
+    def _get(self, study_uid: str, spool: Path) -> int:
+        """C-GET the study into ``spool`` (as received), then C-STORE each file to the listener."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        received: list[Path] = []
+        spool.mkdir(parents=True, exist_ok=True)
+
+        def on_store(event: Event) -> int:
+            path = spool / f"{len(received):06d}.dcm"
+            path.write_bytes(event.encoded_dataset())
+            received.append(path)
+            return SUCCESS
+
+        with self._association(
+            StudyRootQueryRetrieveInformationModelGet,
+            self._settings.retrieve_timeout_seconds,
+            storage=GET_STORAGE_CLASSES,
+            handlers=[(evt.EVT_C_STORE, on_store)],
+        ) as assoc:
+            for status, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet):
+                code = _status(status, "C-GET", self.name)
+                if code in PENDING:
+                    continue
+                failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+                if code not in (SUCCESS, SUBOPERATIONS_FAILED):
+                    raise PacsUnavailable(f"C-GET failed with status 0x{code:04X}: {self.name}")
+                if failed:
+                    log.warning(
+                        "C-GET: instances of classes not taken",
+                        extra={"study_uid": study_uid, "failed": failed},
+                    )
+                break
+        if not received:
+            raise PriorNotAnalysed(f"the PACS sent no instance of the study by C-GET: {self.name}")
+        return self._store_in_listener(received)
+
+    def _store_in_listener(self, files: list[Path]) -> int:
+        """C-STORE ``files`` to the listener, bytes as received; how many it stored."""
+        settings = self._settings
+        headers = [dcmread(f, stop_before_pixels=True) for f in files]
+        ae = AE(ae_title=settings.calling_ae_title)
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout_seconds
+        for sop_class, syntax in sorted(
+            {(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in headers}
+        ):
+            ae.add_requested_context(sop_class, syntax)
+        port = settings.listener_port or self._listener_port
+        assoc = ae.associate(settings.listener_host, port, ae_title=self._destination)
+        if not assoc.is_established:
+            raise PriorNotAnalysed(f"the listener at {settings.listener_host}:{port} refused")
+        stored = 0
+        try:
+            for path in files:
+                status = assoc.send_c_store(path)
+                if int(status.get("Status", -1)) == SUCCESS:
+                    stored += 1
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if stored < len(files):
+            raise PriorNotAnalysed(f"the listener stored {stored} of {len(files)} instances")
+        return stored
 
 
 def _status(status: Dataset, operation: str, pacs: str) -> int:
@@ -257,7 +353,10 @@ class FollowUp:
         self._root = settings.storage_root
         self._sessions = sessions
         self._analyse = analyse
-        self._pacs = pacs or PriorsPacs(settings.priors, settings.listener.ae_title)
+        self._spool = settings.data_dir / "priors"
+        self._pacs = pacs or PriorsPacs(
+            settings.priors, settings.listener.ae_title, settings.listener.port
+        )
 
     def attach(self, analysis: Analysis) -> Analysis:
         """``analysis`` with ``findings.prior`` set, or ``skipped["follow-up"]`` saying why not."""
@@ -380,7 +479,11 @@ class FollowUp:
             return row[0], False, row[1]
         if not prior.in_pacs:
             raise PriorNotAnalysed("in this node but never analysed, and not in the PACS")
-        moved = self._pacs.retrieve(prior.study_instance_uid)
+        spool = self._spool / prior.study_instance_uid
+        try:
+            moved = self._pacs.retrieve(prior.study_instance_uid, spool)
+        finally:
+            shutil.rmtree(spool, ignore_errors=True)  # C-GET's copies; the listener has its own
         log.info(
             "prior retrieved",
             extra={"study_uid": prior.study_instance_uid, "instances": moved},

@@ -254,8 +254,8 @@ class PriorSettings(BaseModel):
     """The PACS the worker asks for a patient's earlier brain MR studies, for follow-up.
 
     Unset ``ae_title``: no prior look-up. The worker queries (C-FIND, Study Root) and retrieves
-    (C-MOVE to ``move_destination``, the listener) as ``calling_ae_title``; the PACS must know
-    that AE title as a modality at the listener's address.
+    (C-MOVE to ``move_destination``, the listener, or C-GET) as ``calling_ae_title``; the PACS
+    must know that AE title (for C-MOVE, as a modality at the listener's address).
     """
 
     ae_title: str | None = None
@@ -264,7 +264,11 @@ class PriorSettings(BaseModel):
     calling_ae_title: str = "NEUROGATE"
     # The AE title the PACS sends the retrieved instances to; unset: the listener's AE title.
     move_destination: str | None = None
-    retrieve_method: Literal["c-move"] = "c-move"
+    # c-move: the PACS sends to the listener (it must know the listener's address); c-get: the
+    # worker receives on its own association and stores into the listener at listener_host.
+    retrieve_method: Literal["c-move", "c-get"] = "c-move"
+    listener_host: str = "127.0.0.1"  # c-get: where the worker reaches the listener
+    listener_port: int | None = Field(None, ge=1, le=65535)  # c-get; unset: LISTENER__PORT
     # Only studies at most this many days before the analysed one count as priors.
     lookback_days: int = Field(1825, ge=1)
     # The most recent priors considered: each one never analysed is retrieved and analysed.

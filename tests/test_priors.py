@@ -40,7 +40,7 @@ from neurogate.settings import ApiSettings, PriorSettings
 from schemas.findings import DetectionFinding, Findings, ModelVersion, SegmentationFinding
 from tests.conftest import Database, free_port, make_settings
 from tests.dicomgen import write_mr_study
-from tests.harness import running_listener, storescu, wait_for
+from tests.harness import running_listener, storescu, study_row, wait_for
 from tests.orthanc import AE_TITLE, OrthancServer
 from tests.test_api_support import ADMIN, add_patient, admin_headers, running_app
 from tests.test_results import dciodvfy_errors, pdf_text
@@ -413,3 +413,29 @@ def test_without_a_pacs_or_a_prior_the_findings_say_why_and_a_local_prior_is_com
     # A PACS that cannot be asked leaves the node's own priors.
     local_only = down.attach(current).findings
     assert local_only.prior is not None and local_only.prior.prior_study_instance_uid == local_uid
+
+
+def test_c_get_brings_a_prior_into_the_listener_without_a_route_back_from_the_pacs(
+    tmp_path: Path, sqlite_url: str, orthanc: OrthancServer
+) -> None:
+    prior = write_mr_study(tmp_path / "prior", series=2, slices=3, size=16, patient_id=PATIENT)
+    _upload(orthanc, prior.files)
+    settings = make_settings(tmp_path / "node", sqlite_url)
+    with running_listener(settings) as listener:
+        # Orthanc knows the node's AE title, but at a port where nothing listens: no C-MOVE.
+        _put_modality(orthanc, settings.listener.ae_title, free_port())
+        priors = _priors(orthanc, retrieve_method="c-get", listener_port=listener.address[1])
+        pacs = PriorsPacs(priors, settings.listener.ae_title)
+        assert pacs.retrieve(prior.study_uid, tmp_path / "spool") == len(prior.files)
+
+        def all_in() -> Study | None:
+            row = study_row(settings, prior.study_uid)
+            return row if row is not None and row.instance_count == len(prior.files) else None
+
+        stored = wait_for(all_in, timeout=30)
+    assert stored.patient_id == PATIENT
+    assert stored.calling_ae_titles == [settings.priors.calling_ae_title]
+    folder = settings.storage_root / stored.path
+    kept = {dcmread(f).SOPInstanceUID: dcmread(f).PixelData for f in folder.rglob("*.dcm")}
+    sent = {dcmread(f).SOPInstanceUID: dcmread(f).PixelData for f in prior.files}
+    assert kept == sent
