@@ -23,6 +23,7 @@ import datetime as dt
 import logging
 import re
 import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -479,7 +480,8 @@ class FollowUp:
             return row[0], False, row[1]
         if not prior.in_pacs:
             raise PriorNotAnalysed("in this node but never analysed, and not in the PACS")
-        spool = self._spool / prior.study_instance_uid
+        self._spool.mkdir(parents=True, exist_ok=True)
+        spool = Path(tempfile.mkdtemp(prefix="get-", dir=self._spool))  # one per retrieval
         try:
             moved = self._pacs.retrieve(prior.study_instance_uid, spool)
         finally:
