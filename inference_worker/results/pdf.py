@@ -6,8 +6,8 @@ left out and why, the model versions, and two key images. A study the detector c
 gets a report that says so plainly, with the detector's probability and the intracranial volume,
 and nothing about a tumour class, tumour volumes or key images of a tumour. With a follow-up
 comparison, a table gives each region's volume at the prior study and now, with both dates, and
-the change in mL and percent. Every page says that
-this is research software, not for clinical use.
+the change in mL and percent. Every page says that this is research software, not for clinical
+use.
 """
 
 from __future__ import annotations
