@@ -259,6 +259,8 @@ class VolumeChange(BaseModel):
 class FollowUpStep(BaseModel):
     from_study: str
     to_study: str
+    from_date: str | None = None  # Study Date (YYYYMMDD) of each
+    to_date: str | None = None
     regions: dict[str, VolumeChange]
 
 

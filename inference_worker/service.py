@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from inference_worker.analysis import Analysis
 from inference_worker.exporter import Exporter, plan_exports
 from inference_worker.pipeline import Models, analyse, analyse_nifti, scan_folder
+from inference_worker.priors import FollowUp, PriorNotAnalysed, analysed_as_prior
 from inference_worker.volume import GeometryError
 from neurogate.bus import Bus, BusUnavailable, Message, ensure_service_topics
 from neurogate.bus.runner import PoisonMessage, consume
@@ -101,6 +102,9 @@ class Worker:
         self._models = models
         self._on_change = on_change
         self._name = f"{socket.gethostname()}:{threading.get_native_id()}"
+        self._follow_up = (
+            FollowUp(settings, sessions, self._analyse_prior) if settings.priors.enabled else None
+        )
 
     def handle(self, message: Message) -> None:
         """The consume loop's handler for one message."""
@@ -110,6 +114,11 @@ class Worker:
             raise PoisonMessage(str(exc)) from exc
         if not isinstance(event, StudyReceived | AnalysisRequested):
             raise PoisonMessage(f"unexpected {event.event_type} on {message.topic}")
+        if isinstance(event, StudyReceived) and analysed_as_prior(self._sessions, event):
+            log.info(
+                "study analysed as a prior already", extra={"study_uid": event.study_instance_uid}
+            )
+            return
         analysis_id = self._claim(event)
         if analysis_id is None:
             return
@@ -125,6 +134,29 @@ class Worker:
                 self._finish_failed(analysis_id, event.study_instance_uid, reason)
                 raise PoisonMessage(reason) from exc
             raise
+        if self._follow_up is not None and isinstance(event, StudyReceived):
+            analysis = self._follow_up.attach(analysis)
+        self._finish_completed(analysis_id, event, analysis)
+
+    def _analyse_prior(self, event: StudyReceived) -> None:
+        """Analyse a prior retrieved for follow-up, as its own analysis with its own results.
+
+        A failure is recorded on the prior's analysis; the current study's analysis goes on.
+        """
+        try:
+            analysis_id = self._claim(event)
+        except PoisonMessage:  # attempts used up: the claim marked it failed
+            return
+        if analysis_id is None:
+            return
+        try:
+            analysis = self._run(event, analysis_id)
+        except AnalysisFailed as exc:
+            self._finish_failed(analysis_id, event.study_instance_uid, str(exc))
+            return
+        except Exception as exc:  # unexpected: recorded on the prior, not the current study's
+            self._finish_failed(analysis_id, event.study_instance_uid, repr(exc))
+            raise PriorNotAnalysed(f"its analysis failed: {exc!r}") from exc
         self._finish_completed(analysis_id, event, analysis)
 
     # -- the steps, each its own transaction --------------------------------------------------

@@ -306,6 +306,54 @@ class ExportSettings(BaseModel):
         return validate_ae_title(value)
 
 
+class PriorSettings(BaseModel):
+    """The PACS the worker asks for a patient's earlier brain MR studies, for follow-up.
+
+    Unset ``ae_title``: no prior look-up. The worker queries (C-FIND, Study Root) and retrieves
+    (C-MOVE to ``move_destination``, the listener, or C-GET) as ``calling_ae_title``; the PACS
+    must know that AE title (for C-MOVE, as a modality at the listener's address).
+    """
+
+    ae_title: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(104, ge=1, le=65535)
+    calling_ae_title: str = "NEUROGATE"
+    # The AE title the PACS sends the retrieved instances to; unset: the listener's AE title.
+    move_destination: str | None = None
+    # c-move: the PACS sends to the listener (it must know the listener's address); c-get: the
+    # worker receives on its own association and stores into the listener at listener_host.
+    retrieve_method: Literal["c-move", "c-get"] = "c-move"
+    listener_host: str = "127.0.0.1"  # c-get: where the worker reaches the listener
+    listener_port: int | None = Field(None, ge=1, le=65535)  # c-get; unset: LISTENER__PORT
+    # Only studies at most this many days before the analysed one count as priors.
+    lookback_days: int = Field(1825, ge=1)
+    # The most recent priors considered: each one never analysed is retrieved and analysed.
+    max_priors: int = Field(1, ge=1, le=10)
+    # A Study Description must match this (case-insensitive search) for the study to count as
+    # a brain MR study; studies without one count.
+    study_description_pattern: str = r"brain|head|neuro|cran|skull|kopf|sch[aä]del|cerebr"
+    timeout_seconds: float = Field(30.0, gt=0)  # association and each DIMSE response
+    retrieve_timeout_seconds: float = Field(600.0, gt=0)  # a whole C-MOVE
+
+    @field_validator("ae_title", "calling_ae_title", "move_destination")
+    @classmethod
+    def _check_ae(cls, value: str | None) -> str | None:
+        return validate_ae_title(value) if value is not None else None
+
+    @field_validator("study_description_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.ae_title is not None
+
+
 class ApiSettings(BaseModel):
     """The REST API for the portal."""
 
@@ -387,6 +435,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     results: ResultSettings = ResultSettings()
     export: ExportSettings = ExportSettings()
+    priors: PriorSettings = PriorSettings()
     api: ApiSettings = ApiSettings()
 
     @property

@@ -59,8 +59,45 @@ class SegmentationFinding(_Strict):
     reference_role: str
 
 
+class VolumeChange(_Strict):
+    """One region's volume at a prior study and now, and the change between them."""
+
+    previous_ml: float = Field(ge=0)
+    current_ml: float = Field(ge=0)
+    change_ml: float
+    change_percent: float | None  # None when there was nothing before
+
+    @classmethod
+    def between(cls, previous: float, current: float) -> VolumeChange:
+        percent = (current - previous) / previous * 100 if previous > 0 else None
+        return cls(
+            previous_ml=previous,
+            current_ml=current,
+            change_ml=round(current - previous, 3),
+            change_percent=round(percent, 2) if percent is not None else None,
+        )
+
+
+class PriorComparison(_Strict):
+    """The tumour volumes of this study against those of the patient's most recent prior study.
+
+    A region the detector found no tumour in counts 0 mL (a tumour-free prior, or a tumour gone).
+    """
+
+    prior_study_instance_uid: DicomUID
+    prior_study_date: str | None  # DICOM DA (YYYYMMDD), as the PACS has it
+    current_study_date: str | None
+    prior_analysis_id: int
+    # True when the node fetched the prior from the PACS and analysed it for this comparison.
+    retrieved: bool
+    regions: dict[str, VolumeChange]  # WT, TC, ET
+    # Other prior studies of the patient the PACS holds (most recent first, at most
+    # PRIORS__MAX_PRIORS in all with the compared one): Study Instance UID -> Study Date.
+    other_priors: dict[str, str | None] = Field(default_factory=dict)
+
+
 class Findings(_Strict):
-    schema_version: int = 2  # 2: brain, detection planes, classification planes
+    schema_version: int = 2  # 2: brain, detection planes, classification planes; prior (additive)
     study_instance_uid: DicomUID
     selected: list[SeriesChoice]
     missing: list[str]
@@ -70,5 +107,7 @@ class Findings(_Strict):
     classification: ClassificationFinding | None = None
     segmentation: SegmentationFinding | None = None
     skipped: dict[str, str] = Field(default_factory=dict)  # stage -> why it did not run
+    # Volume changes since the most recent prior study (PRIORS__* settings); why not: skipped.
+    prior: PriorComparison | None = None
     models: dict[str, ModelVersion]
     seconds: dict[str, float]

@@ -29,6 +29,7 @@ from api.schemas import (
 )
 from api.views import patient_out, study_out
 from neurogate.db.models import AuditOutcome, Patient, User
+from schemas.findings import VolumeChange as ChangeOfVolume
 
 router = APIRouter(prefix="/api/patients", tags=["patients"], responses=responses(401, 403, 422))
 
@@ -158,6 +159,8 @@ def follow_up(
         FollowUpStep(
             from_study=before.study_instance_uid,
             to_study=after.study_instance_uid,
+            from_date=before.study_date,
+            to_date=after.study_date,
             regions={
                 region: _change(before.volumes_ml[region], after.volumes_ml[region])
                 for region in sorted(before.volumes_ml.keys() & after.volumes_ml.keys())
@@ -169,13 +172,8 @@ def follow_up(
 
 
 def _change(previous: float, current: float) -> VolumeChange:
-    percent = (current - previous) / previous * 100 if previous > 0 else None
-    return VolumeChange(
-        previous_ml=previous,
-        current_ml=current,
-        change_ml=round(current - previous, 3),
-        change_percent=round(percent, 2) if percent is not None else None,
-    )
+    """The worker's arithmetic (the SR's and PDF's follow-up comparison), as the API shows it."""
+    return VolumeChange.model_validate(ChangeOfVolume.between(previous, current).model_dump())
 
 
 @router.get("/{patient_id}", response_model=PatientDetail, responses=responses(404))

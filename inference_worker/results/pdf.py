@@ -4,8 +4,10 @@ The PDF is what a referring physician or a researcher without a DICOM viewer rea
 study, what was found and how sure the models were, the tumour volumes, which series were used or
 left out and why, the model versions, and two key images. A study the detector calls tumour-free
 gets a report that says so plainly, with the detector's probability and the intracranial volume,
-and nothing about a tumour class, tumour volumes or key images of a tumour. Every page says that
-this is research software, not for clinical use.
+and nothing about a tumour class, tumour volumes or key images of a tumour. With a follow-up
+comparison, a table gives each region's volume at the prior study and now, with both dates, and
+the change in mL and percent. Every page says that this is research software, not for clinical
+use.
 """
 
 from __future__ import annotations
@@ -220,6 +222,43 @@ def _findings(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle)
     return story
 
 
+def _follow_up(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle) -> list[Flowable]:
+    """The volumes against the most recent prior study, when there was one to compare."""
+    prior = analysis.findings.prior
+    if prior is None:
+        return []
+    before, now = readable_date(prior.prior_study_date), readable_date(prior.current_study_date)
+    how = " (retrieved from the PACS and analysed for this report)" if prior.retrieved else ""
+    rows = [["Region", f"Prior {before} (mL)", f"This study {now} (mL)", "Change (mL)", "Change"]]
+    for region in SEGMENTS:
+        change = prior.regions.get(region.key)
+        if change is None:
+            continue
+        percent = f"{change.change_percent:+.1f} %" if change.change_percent is not None else "new"
+        rows.append(
+            [
+                f"{region.label} ({region.key})",
+                f"{change.previous_ml:.2f}",
+                f"{change.current_ml:.2f}",
+                f"{change.change_ml:+.2f}",
+                percent,
+            ]
+        )
+    story: list[Flowable] = [
+        Paragraph("Follow-up", heading),
+        Paragraph(
+            f"Compared with the prior study of {_escape(before)}{how}, Study Instance UID "
+            f"{_escape(prior.prior_study_instance_uid)}.",
+            body,
+        ),
+        _table(rows),
+    ]
+    if prior.other_priors:
+        older = ", ".join(readable_date(d) for d in prior.other_priors.values())
+        story.append(Paragraph(f"Older prior studies: {_escape(older)}.", body))
+    return story
+
+
 def _series_and_models(analysis: Analysis, heading: ParagraphStyle) -> list[Flowable]:
     findings = analysis.findings
     series_rows = [["Role", "Series Instance UID", "Why this series"]]
@@ -310,6 +349,7 @@ def render_pdf(
         Spacer(1, 4 * mm),
         _table(_patient_rows(source_datasets[0]), [45 * mm, 125 * mm]),
         *_findings(analysis, heading, body),
+        *_follow_up(analysis, heading, body),
         *_key_images(analysis, source_datasets, heading),
         *_series_and_models(analysis, heading),
     ]

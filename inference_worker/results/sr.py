@@ -5,12 +5,16 @@ when the brain was extracted, one for the intracranial volume. When the detector
 also one for the tumour class (with the probability of each class and the planes it was decided
 on) and, when segmentation ran, one per region (WT, TC, ET) with its volume, pointing at the
 segment of the SEG that outlines it through the segment's tracking UID and a Referenced Segment
-item. A tumour-free study's report says "Neoplasm: Absent" and holds no tumour class or volumes:
-the detection decides (:func:`~inference_worker.results.common.tumour_found`).
+item. With a follow-up comparison (``Findings.prior``), one more group per region: its volume
+now and at the prior study, the change in mL and in percent (DCM 125314 "Fractional Change"),
+in a Time Point Context (TID 1502) naming both study dates with the days since the prior.
+A tumour-free study's report says "Neoplasm: Absent" and holds no tumour class or volumes: the
+detection decides (:func:`~inference_worker.results.common.tumour_found`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -27,6 +31,7 @@ from inference_worker.results.common import (
     stamp_equipment,
     tumour_found,
 )
+from inference_worker.results.pdf import readable_date
 from inference_worker.results.seg import (
     ARTIFICIAL_INTELLIGENCE,
     MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
@@ -64,6 +69,14 @@ TUMOUR_CLASSES = {
 # prefixed) scheme, declared in the SR's header when used.
 CLASS_SCHEME = "99NEUROGATE"
 _CODE_VALUE_MAX = 16  # SH
+# Follow-up comparison (Findings.prior): the prior's volume and the change have no standard
+# concept of their own, so they are coded in the node's scheme; the percentage is standard.
+PRIOR_VOLUME = Code("PRIORVOL", CLASS_SCHEME, "Volume at prior study")
+VOLUME_CHANGE = Code("VOLCHANGE", CLASS_SCHEME, "Volume change since prior study")
+FRACTIONAL_CHANGE = codes.DCM.FractionalChange  # DCM 125314
+PERCENT = codes.UCUM.Percent
+DAY = Code("d", "UCUM", "day")
+BASELINE = codes.cid6146.Baseline  # the prior study is the comparison's baseline
 
 
 def class_code(label: str) -> Code:
@@ -219,20 +232,85 @@ def _unsegmented_volumes(
     ]
 
 
+def _follow_up_groups(
+    analysis: Analysis, settings: ResultSettings
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One group per region compared with the most recent prior study (Findings.prior)."""
+    prior = analysis.findings.prior
+    if prior is None:
+        return []
+    current, before = (readable_date(d) for d in (prior.current_study_date, prior.prior_study_date))
+    offset = None
+    days = _days_between(prior.prior_study_date, prior.current_study_date)
+    if days is not None:
+        offset = hd.sr.LongitudinalTemporalOffsetFromEvent(
+            value=days, unit=DAY, event_type=BASELINE
+        )
+    time_point = hd.sr.TimePointContext(
+        time_point=f"{current} vs prior {before}"[:64], temporal_offset_from_event=offset
+    )
+    algorithm = _algorithm(analysis.findings.models.get("segmentation"))
+    groups = []
+    for region in SEGMENTS:
+        change = prior.regions.get(region.key)
+        if change is None:
+            continue
+        measurements = [
+            _volume(change.current_ml),
+            hd.sr.Measurement(
+                name=PRIOR_VOLUME, value=round(change.previous_ml, 2), unit=MILLILITRE
+            ),
+            hd.sr.Measurement(
+                name=VOLUME_CHANGE, value=round(change.change_ml, 2), unit=MILLILITRE
+            ),
+        ]
+        if change.change_percent is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=FRACTIONAL_CHANGE, value=round(change.change_percent, 2), unit=PERCENT
+                )
+            )
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=_tracking(f"{region.label} follow-up", settings),
+                time_point_context=time_point,
+                finding_type=region.property_type,
+                finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                algorithm_id=algorithm,
+                measurements=measurements,
+            )
+        )
+    return groups
+
+
+def _days_between(first: str | None, second: str | None) -> int | None:
+    try:
+        a, b = (dt.datetime.strptime(d or "", "%Y%m%d").date() for d in (first, second))
+    except ValueError:
+        return None
+    return (b - a).days
+
+
 def _private_schemes(
     analysis: Analysis, settings: ResultSettings
 ) -> list[CodingSchemeIdentificationItem] | None:
-    """The node's own coding scheme, declared when the report uses it (a site model's label)."""
+    """The node's own coding scheme, declared when the report uses it (a site model's label,
+    a follow-up comparison)."""
     classification = analysis.findings.classification
-    if not tumour_found(analysis.findings) or classification is None:
-        return None
-    labels = {classification.label, *classification.probabilities}
-    if all(class_code(label).scheme_designator != CLASS_SCHEME for label in labels):
+    labels = (
+        {classification.label, *classification.probabilities}
+        if tumour_found(analysis.findings) and classification is not None
+        else set()
+    )
+    follow_up = bool(analysis.findings.prior and analysis.findings.prior.regions)
+    if not follow_up and all(
+        class_code(label).scheme_designator != CLASS_SCHEME for label in labels
+    ):
         return None
     return [
         CodingSchemeIdentificationItem(
             designator=CLASS_SCHEME,
-            name="NeuroGate tumour classes",
+            name="NeuroGate concepts",
             responsible_organization=settings.manufacturer,
         )
     ]
@@ -280,6 +358,7 @@ def build_sr(
         groups.extend(_region_groups(analysis, seg))
     else:
         groups.extend(_unsegmented_volumes(analysis, settings))
+    groups.extend(_follow_up_groups(analysis, settings))
     if not groups:
         raise ValueError("the findings hold nothing to report")
     report = hd.sr.MeasurementReport(
