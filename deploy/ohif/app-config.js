@@ -37,7 +37,7 @@ window.config = {
         supportsFuzzyMatching: false,
         supportsWildcard: true,
         staticWado: false,
-        singlepart: 'bulkdata,video,pdf',
+        singlepart: 'bulkdata,video',
         omitQuotationForMultipartRequest: true,
         bulkDataURI: { enabled: true, relativeResolution: 'studies' },
       },
