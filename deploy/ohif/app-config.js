@@ -37,6 +37,7 @@ window.config = {
         supportsFuzzyMatching: false,
         supportsWildcard: true,
         staticWado: false,
+        // The PDF report as bulk data: Orthanc's DICOMweb (1.7) cannot /rendered a PDF.
         singlepart: 'bulkdata,video',
         omitQuotationForMultipartRequest: true,
         bulkDataURI: { enabled: true, relativeResolution: 'studies' },
