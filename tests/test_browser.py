@@ -407,3 +407,22 @@ def test_the_operator_page_shows_states_exports_and_re_sends_after_login(
     page.click("#logout")
     page.locator("#login").wait_for()
     assert page.locator("#board").is_hidden()
+
+
+def test_the_operator_page_names_the_viewer_and_loads_nothing_from_elsewhere(
+    tmp_path: Path,
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from neurogate.settings import ApiSettings
+
+    viewer = 'http://viewer.example:3000/ohif"><script>'
+    settings = Settings(data_dir=tmp_path, api=ApiSettings(ohif_url=viewer))
+    page = TestClient(create_app(settings, bcrypt_rounds=4)).get("/operator")
+    assert page.status_code == 200
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert 'content="http://viewer.example:3000/ohif&quot;&gt;&lt;script&gt;"' in page.text
+    assert re.findall(r"https?://[^\s\"'&]+", page.text) == ["http://viewer.example:3000/ohif"]
+    with pytest.raises(ValueError, match="ohif_url"):
+        ApiSettings(ohif_url="javascript:alert(1)")
