@@ -22,7 +22,18 @@ from api.errors import install_error_handlers, responses
 from api.inference import Classifier
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
-from api.routes import audit, auth, classify, dicomweb, patients, service, studies, uploads, users
+from api.routes import (
+    audit,
+    auth,
+    classify,
+    dicomweb,
+    operator,
+    patients,
+    service,
+    studies,
+    uploads,
+    users,
+)
 from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
 from api.throttle import LoginThrottle
@@ -110,7 +121,8 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     install_docs(app)
-    for module in (auth, users, patients, studies, uploads, classify, service, audit, dicomweb):
+    routers = (auth, users, patients, studies, uploads, classify, service, audit, dicomweb)
+    for module in (*routers, operator):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimit,

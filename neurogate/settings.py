@@ -375,8 +375,20 @@ class ApiSettings(BaseModel):
     # The first admin account, created at start when no admin exists (no default password).
     admin_username: str | None = None
     admin_password: SecretStr | None = None
+    # The OHIF viewer's address (e.g. http://pacs-viewer:3000): the operator page (/operator)
+    # links each study to {ohif_url}/viewer?StudyInstanceUIDs=...; none: no links.
+    ohif_url: str | None = None
 
     _split = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
+
+    @field_validator("ohif_url")
+    @classmethod
+    def _check_ohif_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+            raise ValueError(
+                f"ohif_url: {value!r} is not an http(s) address such as http://host:3000"
+            )
+        return value.rstrip("/") if value else value
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -37,7 +37,8 @@ window.config = {
         supportsFuzzyMatching: false,
         supportsWildcard: true,
         staticWado: false,
-        singlepart: 'bulkdata,video,pdf',
+        // The PDF report as bulk data: Orthanc's DICOMweb (1.7) cannot /rendered a PDF.
+        singlepart: 'bulkdata,video',
         omitQuotationForMultipartRequest: true,
         bulkDataURI: { enabled: true, relativeResolution: 'studies' },
       },
