@@ -18,6 +18,7 @@ from neurogate.db.models import (
     ExportStatus,
     Patient,
     ResultObject,
+    Series,
     Study,
     Upload,
     User,
@@ -183,6 +184,33 @@ def study_by_uid(session: Session, *, study_uid: str) -> StudyRow | None:
         latest_analysis(session, study_uid=study_uid),
         bool(_uploaded(session, [study_uid])),
     )
+
+
+def study_uid_of(session: Session, *, study_id: int) -> str | None:
+    """The Study Instance UID of the study row ``study_id`` (seed 001's scan ids)."""
+    return session.scalar(select(Study.study_instance_uid).where(Study.id == study_id))
+
+
+def series_descriptions(session: Session, *, study_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Study row id -> its series' descriptions, by series number."""
+    found: dict[int, list[str]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return found
+    rows = session.execute(
+        select(Series.study_id, Series.series_description)
+        .where(Series.study_id.in_(study_ids))
+        .order_by(Series.study_id, Series.series_number, Series.id)
+    )
+    for study_id, description in rows:
+        found[study_id].append(description)
+    return found
+
+
+def user_ids(session: Session, *, usernames: Sequence[str]) -> dict[str, int]:
+    if not usernames:
+        return {}
+    rows = session.execute(select(User.username, User.id).where(User.username.in_(usernames)))
+    return {username: user_id for username, user_id in rows}
 
 
 def latest_analysis(session: Session, *, study_uid: str) -> Analysis | None:

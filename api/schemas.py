@@ -7,7 +7,14 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 from api.security import BCRYPT_MAX_BYTES
 from neurogate.settings import MIN_PASSWORD, USERNAME_PATTERN
@@ -68,7 +75,10 @@ class Token(BaseModel):
 
 class Profile(_In):
     email: str | None = Field(None, pattern=EMAIL_PATTERN, max_length=254)
-    full_name: str | None = Field(None, max_length=128)
+    # fullName: seed 001's clients' spelling
+    full_name: str | None = Field(
+        None, max_length=128, validation_alias=AliasChoices("full_name", "fullName")
+    )
     title: str | None = Field(None, max_length=64)
     department: str | None = Field(None, max_length=128)
     institution: str | None = Field(None, max_length=128)
@@ -366,6 +376,10 @@ class HealthSummary(BaseModel):
     model_loaded: bool  # the classifier is loaded in this process
     classes: int  # how many classes the configured classifier tells apart (0: unreadable)
     uptime_seconds: float
+    # The seeds' keys (api/seeds/seed002.py): when, the model's state, its input.
+    timestamp: str
+    services: dict[str, dict[str, Any]]
+    details: dict[str, Any]
 
 
 class ApiInfo(BaseModel):
@@ -374,6 +388,8 @@ class ApiInfo(BaseModel):
     docs: str
     openapi: str
     health: str
+    message: str  # seed 004's key
+    endpoints: dict[str, dict[str, str]]  # seed 002's key: path -> method, description
 
 
 # -- audit trail -----------------------------------------------------------------------------------

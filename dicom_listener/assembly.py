@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.instances import InstanceHeader
 from neurogate.db.models import PerformedProcedureStep, Series, Study, StudyStatus
+from neurogate.db.patients import record_patient
 from neurogate.outbox import enqueue
 from neurogate.storage import DICOM_SUFFIX, InstanceStore, StoreOutcome
 from schemas.events import CompletionTrigger, SeriesSummary, StudyReceived
@@ -335,6 +336,13 @@ class StudyTracker:
                     study_description=header.study_description,
                 )
                 session.add(study)
+                record_patient(
+                    session,
+                    patient_id=header.patient_id,
+                    name=header.patient_name,
+                    birth_date=header.patient_birth_date,
+                    sex=header.patient_sex,
+                )
             elif study.status == StudyStatus.COMPLETE:
                 log.info("completed study receives new instances; reopened", extra={"study": uid})
             study.status = StudyStatus.RECEIVING
