@@ -22,6 +22,9 @@ from neurogate.settings import MIN_PASSWORD, USERNAME_PATTERN
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 # Patient IDs the portal creates or accepts: safe in a URL path and a DICOM LO element.
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Patient IDs the node refers to, as DICOM allows them (LO: no backslash or control characters,
+# at most 64): a study pushed by a scanner makes its patient with whatever ID it carries.
+DICOM_PATIENT_ID_PATTERN = r"^[^\\\x00-\x1f]{1,64}$"
 
 T = TypeVar("T")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -94,7 +97,7 @@ class RegisterRequest(Profile):
 class UserCreate(RegisterRequest):
     role: Role
     # Patient accounts: the Patient ID of the one patient the account may read.
-    patient_id: str | None = Field(None, pattern=PATIENT_ID_PATTERN)
+    patient_id: str | None = Field(None, pattern=DICOM_PATIENT_ID_PATTERN)
     active: bool = True
 
 
@@ -109,7 +112,7 @@ class MeUpdate(Profile):
 
 class UserUpdate(Profile):
     role: Role | None = None
-    patient_id: str | None = Field(None, pattern=PATIENT_ID_PATTERN)
+    patient_id: str | None = Field(None, pattern=DICOM_PATIENT_ID_PATTERN)
     active: bool | None = None
     password: str | None = Field(None, min_length=MIN_PASSWORD, max_length=BCRYPT_MAX_BYTES)
 

@@ -336,17 +336,17 @@ class StudyTracker:
                     study_description=header.study_description,
                 )
                 session.add(study)
-                record_patient(
-                    session,
-                    patient_id=header.patient_id,
-                    name=header.patient_name,
-                    birth_date=header.patient_birth_date,
-                    sex=header.patient_sex,
-                )
             elif study.status == StudyStatus.COMPLETE:
                 log.info("completed study receives new instances; reopened", extra={"study": uid})
             study.status = StudyStatus.RECEIVING
             session.flush()
+            record_patient(  # the portal's patient, made or completed from the headers
+                session,
+                patient_id=header.patient_id,
+                name=header.patient_name,
+                birth_date=header.patient_birth_date,
+                sex=header.patient_sex,
+            )
             state = _StudyState(
                 uid=uid,
                 row_id=study.id,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from api import queries
 from api.audit import AuditAction, AuditObject
 from api.deps import AuditDep, CurrentUser, SessionDep
-from api.errors import not_found, responses
+from api.errors import ApiError, not_found, responses
 from api.queries import StudyRow
 from api.routes.patients import own_patient_id
 from api.routes.studies import audited_study
@@ -113,7 +113,10 @@ def get_scan(user: CurrentUser, session: SessionDep, auditor: AuditDep, scan_id:
     uid = queries.study_uid_of(session, study_id=scan_id)
     if uid is None:
         raise not_found("scan")
-    row = audited_study(session, user, uid, auditor, AuditAction.STUDY_READ)
+    try:
+        row = audited_study(session, user, uid, auditor, AuditAction.STUDY_READ)
+    except ApiError as exc:
+        raise not_found("scan") from exc
     auditor.record(
         AuditAction.STUDY_READ,
         AuditObject.STUDY,
