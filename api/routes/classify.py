@@ -123,12 +123,18 @@ def _explained(classifier: Classifier, image: np.ndarray) -> ClassifyOut:
 
 async def classify_picture(
     request: Request, context: ApiContext, auditor: Auditor, user: User | None
-) -> tuple[ClassifyOut, bytes, str]:
-    """The uploaded picture classified and explained, with the classification audited; and the
-    picture's bytes and file name (for callers that store it)."""
+) -> ClassifyOut:
+    """The picture of the request's multipart field ``file``, classified and explained."""
+    filename, data = await uploaded_picture(request)
+    return await explain_picture(filename, data, context, auditor, user)
+
+
+async def explain_picture(
+    filename: str, data: bytes, context: ApiContext, auditor: Auditor, user: User | None
+) -> ClassifyOut:
+    """A picture classified and explained with Grad-CAM, the classification audited."""
     from starlette.concurrency import run_in_threadpool
 
-    filename, data = await uploaded_picture(request)
     check_file_type(filename, data)
     image = await run_in_threadpool(decode_plane, data, context.settings.decode_budget)
     try:
@@ -144,7 +150,7 @@ async def classify_picture(
         object_id=fingerprint(data),
         detail={"images": 1, "gradcam": True, "class": result.class_},
     )
-    return result, data, filename
+    return result
 
 
 def predict_batch(

@@ -144,7 +144,7 @@ async def classify(
     caller: ImageCaller, context: ContextDep, auditor: AuditDep, request: Request
 ) -> ClassifyResponse:
     """Classify one picture (PNG, JPEG, GIF, BMP, WebP or DICOM) and explain it with Grad-CAM."""
-    result, _, _ = await classify_picture(request, context, auditor, caller)
+    result = await classify_picture(request, context, auditor, caller)
     return classify_response(result)
 
 

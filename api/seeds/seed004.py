@@ -52,7 +52,7 @@ async def predict(
     The seed's optional form fields ``skin_tone`` and ``lesion_location`` are accepted and
     have no bearing on a brain MRI.
     """
-    result, _, _ = await classify_picture(request, context, auditor, caller)
+    result = await classify_picture(request, context, auditor, caller)
     ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])
     top_label, top_probability = ranked[0]
     return PredictResponse(
