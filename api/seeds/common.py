@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
@@ -11,11 +12,14 @@ from fastapi import Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.deps import BearerToken, ContextDep, SessionDep, get_current_user, peer_address
-from api.errors import ApiError, ErrorCode
+from api.errors import ApiError, ErrorCode, ErrorDetail
 from neurogate.db.models import User, UserRole
+
+log = logging.getLogger(__name__)
 
 # (status, code, message) -> the body a seed's clients expect for a failure.
 ErrorBody = Callable[[int, str, str], dict[str, Any]]
@@ -44,6 +48,19 @@ def percent(fraction: float) -> float:
 def detail_body(status: int, code: str, message: str) -> dict[str, Any]:
     """FastAPI's ``{"detail": ...}`` (seeds 000, 001, 004), with the node's envelope beside it."""
     return {"detail": message, "error": {"code": code, "message": message}}
+
+
+class DetailError(BaseModel):
+    """The error body of seeds 000, 001 and 004."""
+
+    detail: str
+    error: ErrorDetail
+
+
+def error_responses(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting a seed's error body for ``statuses`` (always 400, 422
+    and 500: a body that is not JSON, one the route cannot take, a failure)."""
+    return {status: {"model": model} for status in sorted({*statuses, 400, 422, 500})}
 
 
 def seed_route(error_body: ErrorBody, statuses: dict[int, int] | None = None) -> type[APIRoute]:
@@ -75,6 +92,14 @@ def seed_route(error_body: ErrorBody, statuses: dict[int, int] | None = None) ->
                     status, headers = exc.status_code, dict(exc.headers or {}) or None
                     code = _STATUS_CODES.get(status, ErrorCode.BAD_REQUEST).value
                     message = exc.detail if isinstance(exc.detail, str) else code.lower()
+                except Exception as exc:  # answered in the seed's body; logged as the app does
+                    log.error(
+                        "unexpected error",
+                        extra={"method": request.method, "route": self.path},
+                        exc_info=exc,
+                    )
+                    status, code, headers = 500, ErrorCode.INTERNAL_ERROR.value, None
+                    message = "internal error"
                 status = renamed.get(status, status)
                 return JSONResponse(error_body(status, code, message), status, headers=headers)
 

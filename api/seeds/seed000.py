@@ -11,10 +11,16 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from api.deps import AuditDep, ContextDep
-from api.errors import responses
 from api.routes.classify import predict_batch
 from api.schemas import PredictRequest
-from api.seeds.common import ImageCaller, detail_body, percent, seed_route
+from api.seeds.common import (
+    DetailError,
+    ImageCaller,
+    detail_body,
+    error_responses,
+    percent,
+    seed_route,
+)
 
 router = APIRouter(tags=["seed 000"], route_class=seed_route(detail_body))
 
@@ -40,7 +46,9 @@ def class_name(label: str) -> str:
 
 
 @router.post(
-    "/predict", response_model=PredictOut, responses=responses(400, 401, 403, 413, 422, 429, 500)
+    "/predict",
+    response_model=PredictOut,
+    responses=error_responses(DetailError, 400, 401, 403, 413, 422, 429, 500),
 )
 def predict(
     caller: ImageCaller, context: ContextDep, auditor: AuditDep, body: PredictRequest

@@ -12,24 +12,25 @@ routes, which take its payloads.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from api import queries
 from api.audit import AuditAction, AuditObject
 from api.deps import AuditDep, CurrentUser, SessionDep
-from api.errors import ApiError, not_found, responses
+from api.errors import ApiError, not_found
 from api.queries import StudyRow
 from api.routes.patients import own_patient_id
 from api.routes.studies import audited_study
-from api.seeds.common import detail_body, seed_route
+from api.seeds.common import DetailError, detail_body, error_responses, seed_route
 
 router = APIRouter(tags=["seed 001"], route_class=seed_route(detail_body))
 
 MAX_SCANS = 500
+MAX_ID = 2**31 - 1  # within every database's integer
 
 
 class Scan(BaseModel):
@@ -88,7 +89,7 @@ def _scans(session: Session, rows: list[StudyRow]) -> list[Scan]:
     return scans
 
 
-@router.get("/api/scans", response_model=list[Scan], responses=responses(401))
+@router.get("/api/scans", response_model=list[Scan], responses=error_responses(DetailError, 401))
 def list_scans(user: CurrentUser, session: SessionDep, auditor: AuditDep) -> list[Scan]:
     """The scans the account may read (a patient account: its own), newest first."""
     own = own_patient_id(user)
@@ -107,8 +108,15 @@ def list_scans(user: CurrentUser, session: SessionDep, auditor: AuditDep) -> lis
     return _scans(session, rows)
 
 
-@router.get("/api/scans/{scan_id}", response_model=Scan, responses=responses(401, 404))
-def get_scan(user: CurrentUser, session: SessionDep, auditor: AuditDep, scan_id: int) -> Scan:
+@router.get(
+    "/api/scans/{scan_id}", response_model=Scan, responses=error_responses(DetailError, 401, 404)
+)
+def get_scan(
+    user: CurrentUser,
+    session: SessionDep,
+    auditor: AuditDep,
+    scan_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+) -> Scan:
     """One scan, if the account may read it; 404 otherwise."""
     uid = queries.study_uid_of(session, study_id=scan_id)
     if uid is None:

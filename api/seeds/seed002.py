@@ -15,7 +15,6 @@ from starlette.requests import Request
 
 from api.context import ApiContext
 from api.deps import AuditDep, ContextDep
-from api.errors import responses
 from api.inference import ClassifierUnavailable
 from api.routes.classify import (
     CLASS_DESCRIPTIONS,
@@ -24,7 +23,14 @@ from api.routes.classify import (
     classify_picture,
 )
 from api.schemas import ClassifyOut
-from api.seeds.common import ImageCaller, display_name, iso_millis, percent, seed_route
+from api.seeds.common import (
+    ImageCaller,
+    display_name,
+    error_responses,
+    iso_millis,
+    percent,
+    seed_route,
+)
 
 # What seed 002's root lists (GET /), beside the node's own keys.
 ENDPOINTS = {
@@ -40,6 +46,18 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
         "error": {"message": message, "code": code, "status": status},
         "timestamp": iso_millis(),
     }
+
+
+class ErrorInfo(BaseModel):
+    message: str
+    code: str
+    status: int
+
+
+class ErrorResponse(BaseModel):
+    success: bool = False
+    error: ErrorInfo
+    timestamp: str
 
 
 router = APIRouter(tags=["seed 002"], route_class=seed_route(error_body))
@@ -138,7 +156,7 @@ def classify_response(result: ClassifyOut) -> ClassifyResponse:
     response_model=ClassifyResponse,
     response_model_by_alias=True,
     openapi_extra=CLASSIFY_BODY,
-    responses=responses(400, 401, 403, 413, 415, 422, 429, 500),
+    responses=error_responses(ErrorResponse, 400, 401, 403, 413, 415, 422, 429, 500),
 )
 async def classify(
     caller: ImageCaller, context: ContextDep, auditor: AuditDep, request: Request
@@ -148,7 +166,9 @@ async def classify(
     return classify_response(result)
 
 
-@router.get("/api/classes", response_model=ClassesResponse, responses=responses(500))
+@router.get(
+    "/api/classes", response_model=ClassesResponse, responses=error_responses(ErrorResponse, 500)
+)
 def classes(context: ContextDep) -> ClassesResponse:
     """The classes the configured classifier tells apart."""
     try:

@@ -25,12 +25,19 @@ from starlette.datastructures import UploadFile
 from api import queries
 from api.audit import AuditAction, AuditObject, Auditor
 from api.deps import AdminUser, AuditDep, ContextDep, CurrentUser, SessionDep, StaffUser
-from api.errors import ApiError, ErrorCode, not_found, responses
+from api.errors import ApiError, ErrorCode, ErrorDetail, not_found
 from api.routes.auth import login, login_credentials
 from api.routes.classify import explain_picture
 from api.schemas import EMAIL_PATTERN, LoginRequest, Role, Token
 from api.seeds import portal
-from api.seeds.common import DISPLAY_NAMES, NO_TUMOUR, display_name, percent, seed_route
+from api.seeds.common import (
+    DISPLAY_NAMES,
+    NO_TUMOUR,
+    display_name,
+    error_responses,
+    percent,
+    seed_route,
+)
 from api.seeds.mail import send_credentials
 from neurogate.db.models import ImageScan, Patient, ScanReport, User
 
@@ -44,8 +51,19 @@ def error_body(status: int, code: str, message: str) -> dict[str, Any]:
     return {"success": False, "error": message, "code": code}
 
 
+class ErrorResponse(BaseModel):
+    """Seed 003's error body; a path none of its routes matches (``/api/patient/x``: not a
+    number) gets the node's envelope, ``{"error": {"code", "message"}}``."""
+
+    success: bool = False
+    error: str | ErrorDetail
+    code: str | None = None
+
+
 router = APIRouter(
-    tags=["seed 003"], route_class=seed_route(error_body), responses=responses(401, 403, 422)
+    tags=["seed 003"],
+    route_class=seed_route(error_body),
+    responses=error_responses(ErrorResponse, 401, 403, 422),
 )
 PatientRef = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
@@ -146,7 +164,7 @@ def _portal_login(
 Credentials = Annotated[LoginRequest, Depends(login_credentials)]
 
 
-@router.post("/api/admin/login", responses=responses(400, 415, 429))
+@router.post("/api/admin/login", responses=error_responses(ErrorResponse, 400, 415, 429))
 def admin_login(
     request: Request,
     context: ContextDep,
@@ -166,7 +184,7 @@ def admin_login(
     }
 
 
-@router.post("/api/patient/login", responses=responses(400, 415, 429))
+@router.post("/api/patient/login", responses=error_responses(ErrorResponse, 400, 415, 429))
 def patient_login(
     request: Request,
     context: ContextDep,
@@ -240,7 +258,7 @@ def admin_patients(_admin: AdminUser, session: SessionDep, auditor: AuditDep) ->
     }
 
 
-@router.post("/api/admin/patients", status_code=201, responses=responses(409))
+@router.post("/api/admin/patients", status_code=201, responses=error_responses(ErrorResponse, 409))
 def admin_create_patient(
     admin: AdminUser,
     context: ContextDep,
@@ -308,7 +326,7 @@ def admin_create_patient(
     }
 
 
-@router.get("/api/admin/patients/{patient_ref}", responses=responses(404))
+@router.get("/api/admin/patients/{patient_ref:int}", responses=error_responses(ErrorResponse, 404))
 def admin_patient(
     admin: AdminUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
@@ -330,14 +348,18 @@ def _history(session: Session, patient: Patient) -> dict[str, Any]:
     }
 
 
-@router.get("/api/admin/patients/{patient_ref}/scans", responses=responses(404))
+@router.get(
+    "/api/admin/patients/{patient_ref:int}/scans", responses=error_responses(ErrorResponse, 404)
+)
 def admin_patient_scans(
     admin: AdminUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
     return _history(session, _readable(session, admin, patient_ref, auditor, "scans"))
 
 
-@router.get("/api/admin/patients/{patient_ref}/reports", responses=responses(404))
+@router.get(
+    "/api/admin/patients/{patient_ref:int}/reports", responses=error_responses(ErrorResponse, 404)
+)
 def admin_patient_reports(
     admin: AdminUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
@@ -346,7 +368,7 @@ def admin_patient_reports(
     return {"success": True, "reports": [report_dict(r) for r in reports]}
 
 
-@router.get("/api/patient/{patient_ref}", responses=responses(404))
+@router.get("/api/patient/{patient_ref:int}", responses=error_responses(ErrorResponse, 404))
 def patient_self(
     user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
@@ -356,14 +378,14 @@ def patient_self(
     return {"success": True, "patient": patient_dict(patient, account)}
 
 
-@router.get("/api/patient/{patient_ref}/scans", responses=responses(404))
+@router.get("/api/patient/{patient_ref:int}/scans", responses=error_responses(ErrorResponse, 404))
 def patient_scans(
     user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
     return _history(session, _readable(session, user, patient_ref, auditor, "scans"))
 
 
-@router.get("/api/patient/{patient_ref}/reports", responses=responses(404))
+@router.get("/api/patient/{patient_ref:int}/reports", responses=error_responses(ErrorResponse, 404))
 def patient_reports(
     user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_ref: PatientRef
 ) -> dict[str, Any]:
@@ -421,7 +443,11 @@ async def _upload(
     }
 
 
-@router.post("/api/admin/scans/upload", status_code=201, responses=responses(400, 404, 413, 415))
+@router.post(
+    "/api/admin/scans/upload",
+    status_code=201,
+    responses=error_responses(ErrorResponse, 400, 404, 413, 415),
+)
 async def admin_upload(
     admin: AdminUser, context: ContextDep, session: SessionDep, auditor: AuditDep, request: Request
 ) -> dict[str, Any]:
@@ -429,7 +455,11 @@ async def admin_upload(
     return await _upload(request, context, session, auditor, admin)
 
 
-@router.post("/api/scan/upload", status_code=201, responses=responses(400, 404, 413, 415))
+@router.post(
+    "/api/scan/upload",
+    status_code=201,
+    responses=error_responses(ErrorResponse, 400, 404, 413, 415),
+)
 async def scan_upload(
     staff: StaffUser, context: ContextDep, session: SessionDep, auditor: AuditDep, request: Request
 ) -> dict[str, Any]:
@@ -441,7 +471,10 @@ async def scan_upload(
 @router.get(
     "/api/scan/{scan_id}/image/{kind}",
     response_class=FileResponse,
-    responses={**responses(404), 200: {"content": {"image/png": {}}, "description": "Image"}},
+    responses={
+        **error_responses(ErrorResponse, 404),
+        200: {"content": {"image/png": {}}, "description": "Image"},
+    },
 )
 def scan_image(
     user: CurrentUser,
@@ -470,7 +503,9 @@ def admin_reports(_admin: AdminUser, session: SessionDep) -> dict[str, Any]:
     return {"success": True, "reports": [report_dict(r) for r in queries.scan_reports(session)]}
 
 
-@router.post("/api/report/generate", status_code=201, responses=responses(400, 404))
+@router.post(
+    "/api/report/generate", status_code=201, responses=error_responses(ErrorResponse, 400, 404)
+)
 def generate_report(
     staff: StaffUser,
     context: ContextDep,
@@ -519,7 +554,10 @@ def _report_file(
     )
 
 
-_PDF = {**responses(404), 200: {"content": {"application/pdf": {}}, "description": "PDF"}}
+_PDF = {
+    **error_responses(ErrorResponse, 404),
+    200: {"content": {"application/pdf": {}}, "description": "PDF"},
+}
 
 
 @router.get("/api/report/download/{report_id}", response_class=FileResponse, responses=_PDF)
@@ -547,7 +585,9 @@ def report_file(
     return _report_file(user, context, session, auditor, _report_id(filename))
 
 
-@router.get("/api/report/download-by-filename/{filename}", responses=responses(404))
+@router.get(
+    "/api/report/download-by-filename/{filename}", responses=error_responses(ErrorResponse, 404)
+)
 def report_url(user: CurrentUser, session: SessionDep, filename: str) -> dict[str, Any]:
     """Where the report file is (local storage: a path of this API)."""
     report = queries.scan_report(session, report_id=_report_id(filename))

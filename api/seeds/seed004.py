@@ -14,9 +14,15 @@ from pydantic import BaseModel
 from starlette.requests import Request
 
 from api.deps import AuditDep, ContextDep
-from api.errors import responses
 from api.routes.classify import CLASSIFY_BODY, classify_picture
-from api.seeds.common import NO_TUMOUR, ImageCaller, detail_body, seed_route
+from api.seeds.common import (
+    NO_TUMOUR,
+    DetailError,
+    ImageCaller,
+    detail_body,
+    error_responses,
+    seed_route,
+)
 
 # The seed answers 400 for a picture it cannot take (type, size, content), 500 for the model.
 router = APIRouter(
@@ -42,7 +48,7 @@ class PredictResponse(BaseModel):
     "/api/predict",
     response_model=PredictResponse,
     openapi_extra=CLASSIFY_BODY,
-    responses=responses(400, 401, 403, 429, 500),
+    responses=error_responses(DetailError, 400, 401, 403, 429, 500),
 )
 async def predict(
     caller: ImageCaller, context: ContextDep, auditor: AuditDep, request: Request
