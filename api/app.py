@@ -25,6 +25,7 @@ from api.metrics import MetricsMiddleware
 from api.routes import audit, auth, patients, service, studies, uploads, users
 from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
+from api.seeds import ERROR_BODIES as SEED_ERROR_BODIES
 from api.seeds import ROUTERS as SEED_ROUTERS
 from api.throttle import LoginThrottle
 from neurogate.settings import Settings
@@ -123,6 +124,7 @@ def create_app(
         BodySizeLimit,
         max_bytes=int(settings.api.max_request_mb * _MB),
         path_limits={uploads.UPLOAD_PATH: int(settings.api.max_upload_mb * _MB)},
+        path_bodies=SEED_ERROR_BODIES,
     )
     if settings.api.cors_origins:
         app.add_middleware(

@@ -240,7 +240,7 @@ def test_a_picture_over_the_limit_is_413(tmp_path: Path, brain_plane: np.ndarray
         staff = add_user(client, "clin", "clinician")
         big = png(brain_plane, (512, 512))
         response = client.post("/api/classify", files={"file": ("s.png", big)}, headers=staff)
-    assert response.status_code == 413 and error_code(response) == "FILE_TOO_LARGE"
+    assert response.status_code == 413 and code_of(response) == "FILE_TOO_LARGE"
 
 
 def test_an_altered_model_is_a_classification_error(

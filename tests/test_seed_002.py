@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -118,3 +119,16 @@ def test_root_lists_the_endpoints(client: TestClient) -> None:
         "/api/health": {"method": "GET", "description": "Health check endpoint"},
         "/api/classes": {"method": "GET", "description": "Get available classification classes"},
     }
+
+
+def test_a_picture_over_the_size_limit_is_413_in_the_seeds_body(tmp_path: Path) -> None:
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", max_request_mb=0.001)
+    with running_app(settings) as client:
+        staff = add_user(client, "clin", "clinician")
+        response = client.post(
+            "/api/classify", files={"file": ("big.png", b"\x89PNG" + bytes(4096))}, headers=staff
+        )
+    assert response.status_code == 413
+    body = response.json()
+    assert body["success"] is False and set(body) == {"success", "error", "timestamp"}
+    assert body["error"]["code"] == "FILE_TOO_LARGE" and body["error"]["status"] == 413

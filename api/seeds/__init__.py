@@ -13,7 +13,15 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.seeds import seed000, seed001, seed002, seed003, seed004
+from api.seeds.common import ErrorBody
 
-ROUTERS: tuple[APIRouter, ...] = tuple(
-    module.router for module in (seed000, seed001, seed002, seed003, seed004)
-)
+_SEEDS = (seed000, seed001, seed002, seed003, seed004)
+ROUTERS: tuple[APIRouter, ...] = tuple(module.router for module in _SEEDS)
+# Path -> the error body of its seed, for failures answered before a route runs (a body over
+# the size limit: api.limits.BodySizeLimit).
+ERROR_BODIES: dict[str, ErrorBody] = {
+    route.path: route.error_body  # type: ignore[attr-defined]
+    for router in ROUTERS
+    for route in router.routes
+    if hasattr(route, "error_body") and "{" not in route.path
+}

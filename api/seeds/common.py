@@ -67,8 +67,11 @@ def seed_route(error_body: ErrorBody, statuses: dict[int, int] | None = None) ->
     """A route class whose failures (ours, validation, the framework's) take ``error_body``;
     ``statuses`` renames statuses the seed does not use (seed 004: 415 -> 400)."""
     renamed = statuses or {}
+    body_of = error_body
 
     class SeedRoute(APIRoute):
+        error_body = staticmethod(body_of)
+
         def get_route_handler(self) -> _Handler:
             handler = super().get_route_handler()
 
