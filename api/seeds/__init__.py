@@ -11,6 +11,7 @@ node's own API (``/api/health``, ``/``) answer one body carrying every field eac
 from __future__ import annotations
 
 from fastapi import APIRouter
+from fastapi.routing import APIRoute
 
 from api.seeds import seed000, seed001, seed002, seed003, seed004
 from api.seeds.common import ErrorBody
@@ -20,8 +21,8 @@ ROUTERS: tuple[APIRouter, ...] = tuple(module.router for module in _SEEDS)
 # Path -> the error body of its seed, for failures answered before a route runs (a body over
 # the size limit: api.limits.BodySizeLimit).
 ERROR_BODIES: dict[str, ErrorBody] = {
-    route.path: route.error_body  # type: ignore[attr-defined]
+    route.path: getattr(route, "error_body")  # noqa: B009 (set by common.seed_route)
     for router in ROUTERS
     for route in router.routes
-    if hasattr(route, "error_body") and "{" not in route.path
+    if isinstance(route, APIRoute) and hasattr(route, "error_body") and "{" not in route.path
 }
