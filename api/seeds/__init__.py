@@ -13,10 +13,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
 
-from api.seeds import seed000, seed001, seed002, seed003, seed004
+from api.seeds import seed000, seed001, seed002, seed003, seed003_scans, seed004
 from api.seeds.common import ErrorBody
 
-_SEEDS = (seed000, seed001, seed002, seed003, seed004)
+_SEEDS = (seed000, seed001, seed002, seed003, seed003_scans, seed004)
 ROUTERS: tuple[APIRouter, ...] = tuple(module.router for module in _SEEDS)
 # Path -> the error body of its seed, for failures answered before a route runs (a body over
 # the size limit: api.limits.BodySizeLimit).
