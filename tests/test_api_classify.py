@@ -30,7 +30,6 @@ from tests.test_api_support import (
     admin_headers,
     api_settings,
     empty_filename_part,
-    error_code,
     running_app,
 )
 
