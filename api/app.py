@@ -22,20 +22,11 @@ from api.errors import install_error_handlers, responses
 from api.inference import Classifier
 from api.limits import BodySizeLimit
 from api.metrics import MetricsMiddleware
-from api.routes import (
-    audit,
-    auth,
-    classify,
-    dicomweb,
-    operator,
-    patients,
-    service,
-    studies,
-    uploads,
-    users,
-)
+from api.routes import audit, auth, dicomweb, operator, patients, service, studies, uploads, users
 from api.secret_policy import check_production_secrets
 from api.security import BCRYPT_ROUNDS, PasswordHasher, TokenIssuer
+from api.seeds import ERROR_BODIES as SEED_ERROR_BODIES
+from api.seeds import ROUTERS as SEED_ROUTERS
 from api.throttle import LoginThrottle
 from neurogate.settings import Settings
 
@@ -83,6 +74,10 @@ def create_app(
             max_failures=settings.api.login_max_failures,
             window_seconds=settings.api.login_window_seconds,
         ),
+        open_throttle=LoginThrottle(
+            max_failures=settings.api.open_rate_limit,
+            window_seconds=settings.api.open_rate_window_seconds,
+        ),
         on_change=on_change,
         sse_poll_seconds=sse_poll_seconds,
         sessions=sessions,
@@ -121,9 +116,11 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     install_docs(app)
-    routers = (auth, users, patients, studies, uploads, classify, service, audit, dicomweb)
-    for module in (*routers, operator):
+    routers = (auth, users, patients, studies, uploads, service, audit, dicomweb, operator)
+    for module in routers:
         app.include_router(module.router)
+    for router in SEED_ROUTERS:  # the seeds' REST contracts (api/seeds/)
+        app.include_router(router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=int(settings.api.max_request_mb * _MB),
@@ -131,6 +128,7 @@ def create_app(
             path: int(settings.api.max_upload_mb * _MB)
             for path in (uploads.UPLOAD_PATH, dicomweb.STOW_PATH)
         },
+        path_bodies=SEED_ERROR_BODIES,
     )
     if settings.api.cors_origins:
         app.add_middleware(

@@ -29,6 +29,8 @@ class ApiContext:
         The slice classifier, loaded on first use (TensorFlow is imported then, not before).
     login_throttle
         Counts failed sign-ins (:mod:`api.throttle`).
+    open_throttle
+        Counts the requests of each client to the open image routes (``api.open_image_routes``).
     on_change
         Called after a commit that put events in the outbox (wakes a relay in the same process).
     sse_poll_seconds
@@ -40,6 +42,7 @@ class ApiContext:
     tokens: TokenIssuer
     classifier: Classifier
     login_throttle: LoginThrottle
+    open_throttle: LoginThrottle
     metrics: Metrics = field(default_factory=Metrics)
     on_change: Callable[[], None] = lambda: None
     sse_poll_seconds: float = 1.0

@@ -23,6 +23,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_PAGE)]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 _bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
+BearerToken = Annotated[str | None, Depends(_bearer)]  # the bearer token, if one was sent
 
 
 def get_context(request: Request) -> ApiContext:

@@ -8,8 +8,10 @@ picture are read into memory whole and decoded, so each byte allowed costs a few
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ErrorCode, error_response
@@ -32,14 +34,23 @@ class BodySizeLimit:
         The limit of every path not in ``path_limits``.
     path_limits
         Limits of particular paths (exact match), e.g. the upload route's larger one.
+    path_bodies
+        The error body of particular paths (exact match), from (status, code, message): the
+        seed routes' own (``api.seeds``); others get the node's envelope.
     """
 
     def __init__(
-        self, app: ASGIApp, *, max_bytes: int, path_limits: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        path_limits: Mapping[str, int] | None = None,
+        path_bodies: Mapping[str, Callable[[int, str, str], dict[str, Any]]] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.path_limits = dict(path_limits or {})
+        self.path_bodies = dict(path_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,13 +87,14 @@ class BodySizeLimit:
         if exceeded and not started:
             await self._refuse(scope, receive, send, limit)
 
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-        limit_mb = limit / (1 << 20)
-        response = error_response(
-            413,
-            ErrorCode.FILE_TOO_LARGE,
-            f"request body larger than the limit of {limit_mb:g} MB",
-            headers={"Connection": "close"},
-        )
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        message = f"request body larger than the limit of {limit / (1 << 20):g} MB"
+        headers = {"Connection": "close"}
+        body = self.path_bodies.get(scope.get("path", ""))
+        if body is not None:
+            response = JSONResponse(
+                body(413, ErrorCode.FILE_TOO_LARGE.value, message), 413, headers=headers
+            )
+        else:
+            response = error_response(413, ErrorCode.FILE_TOO_LARGE, message, headers=headers)
         await response(scope, receive, send)

@@ -14,10 +14,14 @@ from sqlalchemy.orm import Session, selectinload
 from api.schemas import AnalysisFilter, StudySort
 from neurogate.db.models import (
     Analysis,
+    AnalysisStatus,
     Export,
     ExportStatus,
+    ImageScan,
     Patient,
     ResultObject,
+    ScanReport,
+    Series,
     Study,
     Upload,
     User,
@@ -185,6 +189,33 @@ def study_by_uid(session: Session, *, study_uid: str) -> StudyRow | None:
     )
 
 
+def study_uid_of(session: Session, *, study_id: int) -> str | None:
+    """The Study Instance UID of the study row ``study_id`` (seed 001's scan ids)."""
+    return session.scalar(select(Study.study_instance_uid).where(Study.id == study_id))
+
+
+def series_descriptions(session: Session, *, study_ids: Sequence[int]) -> dict[int, list[str]]:
+    """Study row id -> its series' descriptions, by series number."""
+    found: dict[int, list[str]] = {study_id: [] for study_id in study_ids}
+    if not study_ids:
+        return found
+    rows = session.execute(
+        select(Series.study_id, Series.series_description)
+        .where(Series.study_id.in_(study_ids))
+        .order_by(Series.study_id, Series.series_number, Series.id)
+    )
+    for study_id, description in rows:
+        found[study_id].append(description)
+    return found
+
+
+def user_ids(session: Session, *, usernames: Sequence[str]) -> dict[str, int]:
+    if not usernames:
+        return {}
+    rows = session.execute(select(User.username, User.id).where(User.username.in_(usernames)))
+    return {username: user_id for username, user_id in rows}
+
+
 def latest_analysis(session: Session, *, study_uid: str) -> Analysis | None:
     return session.scalar(
         select(Analysis)
@@ -324,3 +355,70 @@ def study_counts(session: Session, *, patient_id: str | None = None) -> dict[str
     for status, count in session.execute(stmt).all():
         counts[str(status)] = int(count)
     return counts
+
+
+def study_class_counts(session: Session) -> dict[str, int]:
+    """Studies by the class their latest completed analysis found (``findings.classification``)."""
+    latest = (
+        select(func.max(Analysis.id).label("analysis_id"))
+        .where(Analysis.status == AnalysisStatus.COMPLETED)
+        .group_by(Analysis.study_instance_uid)
+        .subquery()
+    )
+    counts: dict[str, int] = {}
+    for findings in session.scalars(
+        select(Analysis.findings).join(latest, latest.c.analysis_id == Analysis.id)
+    ):
+        label = ((findings or {}).get("classification") or {}).get("label")
+        if label:
+            counts[str(label)] = counts.get(str(label), 0) + 1
+    return counts
+
+
+# -- seed 003's portal: picture scans and their reports -------------------------------------------
+
+
+def count_rows(session: Session, table: type[Patient] | type[ImageScan] | type[ScanReport]) -> int:
+    return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+def image_scans(
+    session: Session, *, patient_ref: int | None = None, scan_ids: Sequence[str] | None = None
+) -> Sequence[ImageScan]:
+    """Picture scans, newest first; of one patient, or just those named."""
+    stmt = select(ImageScan).options(selectinload(ImageScan.patient))
+    if patient_ref is not None:
+        stmt = stmt.where(ImageScan.patient_ref == patient_ref)
+    if scan_ids is not None:
+        stmt = stmt.where(ImageScan.scan_id.in_(scan_ids))
+    return session.scalars(stmt.order_by(ImageScan.id.desc())).all()
+
+
+def image_scan_counts(session: Session) -> dict[str, int]:
+    """Picture scans by predicted class."""
+    rows = session.execute(
+        select(ImageScan.prediction, func.count()).group_by(ImageScan.prediction)
+    )
+    return {str(label): int(n) for label, n in rows}
+
+
+def scan_reports(session: Session, *, patient_ref: int | None = None) -> Sequence[ScanReport]:
+    stmt = select(ScanReport).options(selectinload(ScanReport.patient))
+    if patient_ref is not None:
+        stmt = stmt.where(ScanReport.patient_ref == patient_ref)
+    return session.scalars(stmt.order_by(ScanReport.id.desc())).all()
+
+
+def scan_report(session: Session, *, report_id: str) -> ScanReport | None:
+    return session.scalar(
+        select(ScanReport)
+        .where(ScanReport.report_id == report_id)
+        .options(selectinload(ScanReport.patient))
+    )
+
+
+def patient_account(session: Session, *, patient_ref: int) -> User | None:
+    """The patient account linked to the patient row ``patient_ref``, if any."""
+    return session.scalar(
+        select(User).where(User.patient_ref == patient_ref, User.role == UserRole.PATIENT)
+    )

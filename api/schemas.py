@@ -7,7 +7,14 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
 
 from api.security import BCRYPT_MAX_BYTES
 from neurogate.settings import MIN_PASSWORD, USERNAME_PATTERN
@@ -15,6 +22,9 @@ from neurogate.settings import MIN_PASSWORD, USERNAME_PATTERN
 EMAIL_PATTERN = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$"
 # Patient IDs the portal creates or accepts: safe in a URL path and a DICOM LO element.
 PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# Patient IDs the node refers to, as DICOM allows them (LO: no backslash or control characters,
+# at most 64): a study pushed by a scanner makes its patient with whatever ID it carries.
+DICOM_PATIENT_ID_PATTERN = r"^[^\\\x00-\x1f]{1,64}$"
 
 T = TypeVar("T")
 _ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -68,7 +78,10 @@ class Token(BaseModel):
 
 class Profile(_In):
     email: str | None = Field(None, pattern=EMAIL_PATTERN, max_length=254)
-    full_name: str | None = Field(None, max_length=128)
+    # fullName: seed 001's clients' spelling
+    full_name: str | None = Field(
+        None, max_length=128, validation_alias=AliasChoices("full_name", "fullName")
+    )
     title: str | None = Field(None, max_length=64)
     department: str | None = Field(None, max_length=128)
     institution: str | None = Field(None, max_length=128)
@@ -84,7 +97,7 @@ class RegisterRequest(Profile):
 class UserCreate(RegisterRequest):
     role: Role
     # Patient accounts: the Patient ID of the one patient the account may read.
-    patient_id: str | None = Field(None, pattern=PATIENT_ID_PATTERN)
+    patient_id: str | None = Field(None, pattern=DICOM_PATIENT_ID_PATTERN)
     active: bool = True
 
 
@@ -99,7 +112,7 @@ class MeUpdate(Profile):
 
 class UserUpdate(Profile):
     role: Role | None = None
-    patient_id: str | None = Field(None, pattern=PATIENT_ID_PATTERN)
+    patient_id: str | None = Field(None, pattern=DICOM_PATIENT_ID_PATTERN)
     active: bool | None = None
     password: str | None = Field(None, min_length=MIN_PASSWORD, max_length=BCRYPT_MAX_BYTES)
 
@@ -368,6 +381,10 @@ class HealthSummary(BaseModel):
     model_loaded: bool  # the classifier is loaded in this process
     classes: int  # how many classes the configured classifier tells apart (0: unreadable)
     uptime_seconds: float
+    # The seeds' keys (api/seeds/seed002.py): when, the model's state, its input.
+    timestamp: str
+    services: dict[str, dict[str, Any]]
+    details: dict[str, Any]
 
 
 class ApiInfo(BaseModel):
@@ -376,6 +393,8 @@ class ApiInfo(BaseModel):
     docs: str
     openapi: str
     health: str
+    message: str  # seed 004's key
+    endpoints: dict[str, dict[str, str]]  # seed 002's key: path -> method, description
 
 
 # -- audit trail -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_listener.instances import InstanceHeader
 from neurogate.db.models import PerformedProcedureStep, Series, Study, StudyStatus
+from neurogate.db.patients import record_patient
 from neurogate.outbox import enqueue
 from neurogate.storage import DICOM_SUFFIX, InstanceStore, StoreOutcome
 from schemas.events import CompletionTrigger, SeriesSummary, StudyReceived
@@ -334,6 +335,13 @@ class StudyTracker:
                 log.info("completed study receives new instances; reopened", extra={"study": uid})
             study.status = StudyStatus.RECEIVING
             session.flush()
+            record_patient(  # the portal's patient, made or completed from the headers
+                session,
+                patient_id=header.patient_id,
+                name=header.patient_name,
+                birth_date=header.patient_birth_date,
+                sex=header.patient_sex,
+            )
             state = _StudyState(
                 uid=uid,
                 row_id=study.id,

@@ -378,6 +378,22 @@ class ApiSettings(BaseModel):
     # The OHIF viewer's address (e.g. http://pacs-viewer:3000): the operator page (/operator)
     # links each study to {ohif_url}/viewer?StudyInstanceUIDs=...; none: no links.
     ohif_url: str | None = None
+    # Self-registration (POST /api/auth/register): "approval" (inactive until an admin acts) or
+    # "open" (active at once); either way a clinician account.
+    registration: Literal["approval", "open"] = "approval"
+    # The image-only seed routes (/predict, /api/classify, /api/predict) without a token, for
+    # clients that send none; each client (address) may then make open_rate_limit requests per
+    # open_rate_window_seconds.
+    open_image_routes: bool = False
+    open_rate_limit: int = Field(30, ge=1)
+    open_rate_window_seconds: float = Field(60.0, gt=0)
+    # Where generated patient credentials are e-mailed (seed 003's portal); unset: not sent.
+    smtp_host: str | None = None
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "neurogate@localhost"
+    smtp_starttls: bool = True
 
     _split = field_validator("cors_origins", "trusted_proxies", mode="before")(_split_csv)
 

@@ -16,7 +16,7 @@ from api import audit
 from api.audit import AuditAction, AuditObject
 from api.deps import AdminUser, AuditDep, Limit, Offset, SessionDep
 from api.errors import responses
-from api.schemas import PATIENT_ID_PATTERN, AuditEventOut, Page
+from api.schemas import DICOM_PATIENT_ID_PATTERN, AuditEventOut, Page
 from schemas.uids import MAX_UID_LENGTH
 
 router = APIRouter(prefix="/api/audit", tags=["audit"], responses=responses(401, 403, 422))
@@ -48,7 +48,7 @@ def list_audit_events(
     auditor: AuditDep,
     user: Annotated[str | None, Query(max_length=64, description="username")] = None,
     patient: Annotated[
-        str | None, Query(pattern=PATIENT_ID_PATTERN, description="Patient ID")
+        str | None, Query(pattern=DICOM_PATIENT_ID_PATTERN, description="Patient ID")
     ] = None,
     study: Annotated[
         str | None,

@@ -1,7 +1,8 @@
 """Sign-in, self-registration and one's own account.
 
-Registration policy: anyone may register, but a self-registered account is a *clinician*
-account that stays inactive (it cannot sign in) until an admin activates it. Patient accounts
+Registration policy: anyone may register; a self-registered account is a *clinician* account
+that, with ``api.registration = "approval"`` (the default), stays inactive (it cannot sign in)
+until an admin activates it, and with ``"open"`` is active at once. Patient accounts
 are only made by admins, because they must be linked to the right patient record; admins are
 made by admins or from settings (:mod:`api.bootstrap`).
 """
@@ -147,7 +148,9 @@ def logout(session: SessionDep, auditor: AuditDep, user: CurrentUser) -> None:
 def register(
     context: ContextDep, session: SessionDep, auditor: AuditDep, body: RegisterRequest
 ) -> UserOut:
-    """Ask for a clinician account; it can sign in once an admin has activated it."""
+    """Ask for a clinician account; it can sign in once an admin has activated it (or at once,
+    with ``api.registration = "open"``). Seed 001's ``fullName`` is taken for ``full_name``."""
+    active = context.settings.api.registration == "open"
     user = User(
         username=body.username,
         email=body.email,
@@ -157,7 +160,7 @@ def register(
         institution=body.institution,
         role=Role.CLINICIAN.value,
         password_hash=context.passwords.hash(body.password),
-        active=False,
+        active=active,
         created_at=queries.now(),
     )
     add_user(session, user)
@@ -166,7 +169,7 @@ def register(
         AuditObject.USER,
         username=user.username,
         object_id=user.username,
-        detail={"role": user.role, "active": False},
+        detail={"role": user.role, "active": active},
     )
     return user_out(user)
 

@@ -1,4 +1,9 @@
-"""Single pictures: classification with a Grad-CAM explanation, and the batch ``/predict``."""
+"""Single pictures: classification with a Grad-CAM explanation, and batches of pictures.
+
+The services behind the seed-compatible routes (``api.seeds``): ``/api/classify`` (seed 002),
+``/predict`` (seed 000), ``/api/predict`` (seed 004) and seed 003's scan uploads all classify
+through :func:`classify_picture` and :func:`predict_batch`, and differ only in their shapes.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,18 @@ import logging
 import time
 
 import numpy as np
-from fastapi import APIRouter
 from starlette.datastructures import UploadFile as StarletteUploadFile
 from starlette.requests import Request
 
-from api.audit import AuditAction, AuditObject
-from api.deps import AuditDep, ContextDep, StaffUser
-from api.errors import ApiError, ErrorCode, responses
+from api.audit import AuditAction, AuditObject, Auditor
+from api.context import ApiContext
+from api.errors import ApiError, ErrorCode
 from api.imaging import check_file_type, decode_base64, decode_plane, png_base64
-from api.inference import Classifier, ClassifierUnavailable
-from api.schemas import (
-    ClassesOut,
-    ClassifyOut,
-    ClassInfo,
-    Detection,
-    PredictOut,
-    PredictRequest,
-    PredictResult,
-)
+from api.inference import Classifier, ClassifierUnavailable, Prediction
+from api.schemas import ClassifyOut
+from neurogate.db.models import User
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["classification"])
 
 OVERLAY_ALPHA = 0.4
 MAX_PICTURE_SIDE = 512  # the returned pictures; larger uploads are shown downsampled
@@ -39,7 +35,7 @@ CLASS_DESCRIPTIONS = {
     "notumor": "No tumour: no tumour visible on the image.",
     "pituitary": "Pituitary tumour: an adenoma of the pituitary gland, in the sella turcica.",
 }
-_CLASSIFY_BODY = {
+CLASSIFY_BODY = {
     "requestBody": {
         "required": True,
         "content": {
@@ -55,12 +51,12 @@ _CLASSIFY_BODY = {
 }
 
 
-def _classification_error(exc: Exception) -> ApiError:
+def classification_error(exc: Exception) -> ApiError:
     log.error("classifier unavailable", extra={"error": str(exc)})
     return ApiError(500, ErrorCode.CLASSIFICATION_ERROR, "the classifier is not available")
 
 
-async def _uploaded_picture(request: Request) -> tuple[str, bytes]:
+async def uploaded_picture(request: Request) -> tuple[str, bytes]:
     """The one file of a multipart form: its name and bytes (NO_FILE, EMPTY_FILENAME)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -79,7 +75,7 @@ async def _uploaded_picture(request: Request) -> tuple[str, bytes]:
     return upload.filename, data
 
 
-def _fingerprint(data: bytes) -> str:
+def fingerprint(data: bytes) -> str:
     """What the audit trail calls an uploaded picture: a hash, never its pixels or file name
     (a name may be a patient's)."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
@@ -125,92 +121,60 @@ def _explained(classifier: Classifier, image: np.ndarray) -> ClassifyOut:
     )
 
 
-@router.post(
-    "/api/classify",
-    response_model=ClassifyOut,
-    openapi_extra=_CLASSIFY_BODY,
-    responses=responses(400, 401, 403, 413, 415, 422, 500),
-)
-async def classify(
-    staff: StaffUser, context: ContextDep, auditor: AuditDep, request: Request
+async def classify_picture(
+    request: Request, context: ApiContext, auditor: Auditor, user: User | None
 ) -> ClassifyOut:
-    """Classify one picture (PNG, JPEG, GIF, BMP, WebP or DICOM) and explain it with Grad-CAM."""
+    """The picture of the request's multipart field ``file``, classified and explained."""
+    filename, data = await uploaded_picture(request)
+    return await explain_picture(filename, data, context, auditor, user)
+
+
+async def explain_picture(
+    filename: str, data: bytes, context: ApiContext, auditor: Auditor, user: User | None
+) -> ClassifyOut:
+    """A picture classified and explained with Grad-CAM, the classification audited."""
     from starlette.concurrency import run_in_threadpool
 
-    filename, data = await _uploaded_picture(request)
     check_file_type(filename, data)
     image = await run_in_threadpool(decode_plane, data, context.settings.decode_budget)
     try:
         result = await run_in_threadpool(_explained, context.classifier, image)
     except ClassifierUnavailable as exc:
-        raise _classification_error(exc) from exc
+        raise classification_error(exc) from exc
     context.metrics.classifications.inc()
     await run_in_threadpool(
         auditor.record,
         AuditAction.IMAGE_CLASSIFY,
         AuditObject.IMAGE,
-        user=staff,
-        object_id=_fingerprint(data),
+        user=user,
+        object_id=fingerprint(data),
         detail={"images": 1, "gradcam": True, "class": result.class_},
     )
     return result
 
 
-@router.post(
-    "/predict", response_model=PredictOut, responses=responses(400, 401, 403, 413, 422, 500)
-)
-def predict(
-    staff: StaffUser, context: ContextDep, auditor: AuditDep, body: PredictRequest
-) -> PredictOut:
-    """Classify base64 pictures, all in one batch; each result lists every class, best first."""
+def predict_batch(
+    images: list[str], context: ApiContext, auditor: Auditor, user: User | None
+) -> list[Prediction]:
+    """Base64 pictures classified in one batch (no Grad-CAM), audited as one event."""
     planes = []
     budget = context.settings.decode_budget
-    for index, value in enumerate(body.image):
+    for index, value in enumerate(images):
         image = decode_plane(decode_base64(value, index), budget)
         try:
             planes.append(context.classifier.prepare(image))
         except ClassifierUnavailable as exc:
-            raise _classification_error(exc) from exc
+            raise classification_error(exc) from exc
     try:
         predictions = context.classifier.predict(planes)
     except ClassifierUnavailable as exc:
-        raise _classification_error(exc) from exc
+        raise classification_error(exc) from exc
     context.metrics.classifications.inc(len(planes))
     auditor.record(
         AuditAction.IMAGE_CLASSIFY,
         AuditObject.IMAGE,
-        user=staff,
-        object_id=_fingerprint("".join(body.image).encode()),
+        user=user,
+        object_id=fingerprint("".join(images).encode()),
         detail={"images": len(planes), "gradcam": False},
     )
-    labels = context.classifier.manifest().labels
-    return PredictOut(
-        results=[
-            PredictResult(
-                id=index,
-                detections=[
-                    Detection(classId=labels.index(label), className=label, confidence=p)
-                    for label, p in sorted(
-                        prediction.probabilities.items(), key=lambda item: -item[1]
-                    )
-                ],
-            )
-            for index, prediction in enumerate(predictions)
-        ]
-    )
-
-
-@router.get("/api/classes", response_model=ClassesOut, responses=responses(500))
-def classes(context: ContextDep) -> ClassesOut:
-    """The classes the configured classifier tells apart."""
-    try:
-        manifest = context.classifier.manifest()
-    except ClassifierUnavailable as exc:
-        raise _classification_error(exc) from exc
-    return ClassesOut(
-        model={"name": manifest.name, "version": manifest.version},
-        classes=[
-            ClassInfo(id=i, name=label, description=CLASS_DESCRIPTIONS.get(label, label))
-            for i, label in enumerate(manifest.labels)
-        ],
-    )
+    return predictions

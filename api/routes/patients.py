@@ -14,7 +14,7 @@ from api.audit import AuditAction, AuditObject, Auditor
 from api.deps import AuditDep, CurrentUser, Limit, Offset, SessionDep, StaffUser
 from api.errors import ApiError, ErrorCode, not_found, responses
 from api.schemas import (
-    PATIENT_ID_PATTERN,
+    DICOM_PATIENT_ID_PATTERN,
     AnalysisFilter,
     FollowUpOut,
     FollowUpPoint,
@@ -33,7 +33,8 @@ from schemas.findings import VolumeChange as ChangeOfVolume
 
 router = APIRouter(prefix="/api/patients", tags=["patients"], responses=responses(401, 403, 422))
 
-PatientIdPath = Annotated[str, Path(pattern=PATIENT_ID_PATTERN)]
+# Any DICOM-legal Patient ID, "/" included (hence the path converter), as a scanner sends it.
+PatientIdPath = Annotated[str, Path(pattern=DICOM_PATIENT_ID_PATTERN)]
 
 
 def own_patient_id(user: User) -> str | None:
@@ -128,7 +129,7 @@ def audited_patient(
     return patient
 
 
-@router.get("/{patient_id}/follow-up", response_model=FollowUpOut, responses=responses(404))
+@router.get("/{patient_id:path}/follow-up", response_model=FollowUpOut, responses=responses(404))
 def follow_up(
     user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_id: PatientIdPath
 ) -> FollowUpOut:
@@ -176,7 +177,7 @@ def _change(previous: float, current: float) -> VolumeChange:
     return VolumeChange.model_validate(ChangeOfVolume.between(previous, current).model_dump())
 
 
-@router.get("/{patient_id}", response_model=PatientDetail, responses=responses(404))
+@router.get("/{patient_id:path}", response_model=PatientDetail, responses=responses(404))
 def get_patient(
     user: CurrentUser, session: SessionDep, auditor: AuditDep, patient_id: PatientIdPath
 ) -> PatientDetail:

@@ -18,6 +18,7 @@ from api.errors import responses
 from api.inference import ClassifierUnavailable
 from api.routes.patients import own_patient_id
 from api.schemas import ApiInfo, Check, HealthOut, HealthState, HealthSummary
+from api.seeds import seed002
 from models.registry import Task, manifest_for
 from neurogate.outbox import pending_count
 
@@ -34,6 +35,8 @@ def info() -> ApiInfo:
         docs="/docs",
         openapi="/openapi.json",
         health="/api/health",
+        message="NeuroGate API",
+        endpoints=seed002.ENDPOINTS,
     )
 
 
@@ -70,11 +73,13 @@ def _models_check(context: ApiContext) -> Check:
 
 
 def _exports_check(context: ApiContext) -> Check:
+    """Healthy either way: a node without a PACS destination still receives and analyses (its
+    results wait in the portal); that is a configuration note, not a degradation."""
     names = [d.name for d in context.settings.export.destinations]
-    return Check(
-        status=HealthState.HEALTHY if names else HealthState.DEGRADED,
-        detail={"destinations": names},
-    )
+    detail: dict[str, object] = {"destinations": names}
+    if not names:
+        detail["note"] = "no export destination configured: results are not sent to a PACS"
+    return Check(status=HealthState.HEALTHY, detail=detail)
 
 
 def health_report(context: ApiContext) -> HealthOut:
@@ -119,6 +124,7 @@ def health(context: ContextDep) -> JSONResponse:
         model_loaded=context.classifier.loaded,
         classes=_class_count(context),
         uptime_seconds=round(time.monotonic() - context.started, 1),
+        **seed002.health_fields(context, report.checks["models"].status is HealthState.HEALTHY),
     )
     return JSONResponse(summary.model_dump(mode="json"), status_code=_status_code(report.status))
 

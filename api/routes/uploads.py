@@ -173,8 +173,13 @@ async def process_mri(
         raise ApiError(400, ErrorCode.NO_FILE, "send the files as multipart/form-data")
     form = await request.form(max_files=len(ROLES) * 2)
     files = _files_by_role(form, context.settings.decode_budget)
-    patient_id = _text_field(form, "patient_id", 64, PATIENT_ID_PATTERN)
-    patient_name = _text_field(form, "patient_name", _MAX_NAME)
+    # camelCase too: seed 001's clients send patientId / patientName.
+    patient_id = _text_field(form, "patient_id", 64, PATIENT_ID_PATTERN) or _text_field(
+        form, "patientId", 64, PATIENT_ID_PATTERN
+    )
+    patient_name = _text_field(form, "patient_name", _MAX_NAME) or _text_field(
+        form, "patientName", _MAX_NAME
+    )
     root = context.settings.storage_root
     study_uid = generate_uid(prefix=context.settings.results.uid_root)
     folder = root / UPLOADS_DIR / study_uid

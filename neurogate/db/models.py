@@ -250,6 +250,56 @@ class Patient(Base):
     birth_date: Mapped[dt.date | None] = mapped_column(Date)
     sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[dt.datetime]
+    # Contact details of the portal (seed 003); DICOM-made patients have none.
+    email: Mapped[str | None] = mapped_column(String(254))
+    age: Mapped[int | None] = mapped_column(Integer)
+    phone: Mapped[str | None] = mapped_column(String(32))
+    address: Mapped[str | None] = mapped_column(String(256))
+    updated_at: Mapped[dt.datetime | None]
+
+
+class ImageScan(Base):
+    """A picture classified for a patient through the portal (seed 003's scans): the stored
+    original, its Grad-CAM heatmap and overlay, and the prediction; part of the history."""
+
+    __tablename__ = "image_scans"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    scan_id: Mapped[str] = mapped_column(String(32), unique=True)
+    patient_ref: Mapped[int] = mapped_column(
+        ForeignKey("patients.id", ondelete="RESTRICT"), index=True
+    )
+    original_filename: Mapped[str] = mapped_column(String(255))
+    # Files relative to the storage root.
+    original_path: Mapped[str] = mapped_column(String(255))
+    heatmap_path: Mapped[str] = mapped_column(String(255))
+    overlay_path: Mapped[str] = mapped_column(String(255))
+    prediction: Mapped[str] = mapped_column(String(32))  # the classifier's label
+    confidence: Mapped[float] = mapped_column(Float)  # 0-1
+    probabilities: Mapped[dict[str, float]] = mapped_column(JSON)
+    uploaded_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime]
+
+    patient: Mapped[Patient] = relationship()
+
+
+class ScanReport(Base):
+    """A PDF report of a patient's picture scans (seed 003's reports)."""
+
+    __tablename__ = "scan_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_id: Mapped[str] = mapped_column(String(32), unique=True)
+    patient_ref: Mapped[int] = mapped_column(
+        ForeignKey("patients.id", ondelete="RESTRICT"), index=True
+    )
+    report_path: Mapped[str] = mapped_column(String(255))  # relative to the storage root
+    scan_count: Mapped[int] = mapped_column(Integer)
+    tumor_count: Mapped[int] = mapped_column(Integer)
+    no_tumor_count: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+
+    patient: Mapped[Patient] = relationship()
 
 
 class User(Base):
