@@ -523,7 +523,8 @@ def test_dockerfile_copy_sources_exist_and_env_names_are_settings() -> None:
 def test_requirements_helper_follows_pyproject() -> None:
     pyproject = REPO / "pyproject.toml"
     core = requirements_helper.requirements(pyproject)
-    assert "pynetdicom==3.0.4" in core
+    assert "pynetdicom>=3.0,<4" in core  # a range; the image installs it under constraints.txt
+    assert "pip install --constraint /tmp/build/constraints.txt" in DOCKERFILE.read_text()
     assert not any(requirements_helper.requirement_name(r) == "torch" for r in core)
     torch = requirements_helper.requirements(pyproject, "ml", only={"torch"})
     rest = requirements_helper.requirements(pyproject, "ml", skip={"torch"})
