@@ -487,3 +487,77 @@ def test_health_reports_the_classifier_state_and_why(
     state = detail["checks"]["models"]["detail"]["classification"]
     assert state["state"] == "ready" and state["gradcam_layer"].startswith("conv2d")
     assert state["check_seconds"] > 0
+
+
+# --- neurogate models add | check ------------------------------------------------------------
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from neurogate.settings import get_settings
+
+    monkeypatch.setenv("NEUROGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    get_settings.cache_clear()
+    return tmp_path
+
+
+def test_models_add_writes_a_manifest_that_answers_as_the_model_does(
+    xception: dict[str, Any],
+    cli_env: Path,
+    capsys: pytest.CaptureFixture[str],
+    pictures: list[np.ndarray],
+) -> None:
+    from neurogate import cli
+
+    weights = ModelManifest.from_toml(xception["manifests"]["h5"]).file
+    out = cli_env / "site.toml"
+    labels = ",".join(LABELS)
+    argv = ["models", "add", str(weights), "--task", "classification", "--labels", labels]
+    assert cli.main([*argv, "--preprocessing", "tf", "--out", str(out)]) == 0
+    manifest = ModelManifest.from_toml(out)
+    assert manifest.sha256 == sha256_of(weights)
+    assert manifest.input_shape == (XCEPTION_SIDE, XCEPTION_SIDE, 3)
+    assert manifest.output.value == "softmax"  # the Dense head emits logits
+    assert manifest.gradcam_layer == "block14_sepconv2"
+    assert manifest.labels == tuple(LABELS)
+    assert "start-up check passed" in capsys.readouterr().err
+
+    sample = cli_env / "sample.png"
+    sample.write_bytes(png(pictures[0]))
+    assert cli.main(["models", "check", str(out), "--image", str(sample)]) == 0
+    printed = capsys.readouterr().out
+    direct = xception_directly(xception["model"], sample.read_bytes())
+    best = LABELS[int(np.argmax(direct))]
+    assert printed.startswith("ok: ") and f"sample.png: {best} {direct.max():.4f}" in printed
+
+
+def test_models_add_infers_an_onnx_export_and_refuses_a_wrong_label_count(
+    resnet: dict[str, Any], cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neurogate import cli
+
+    weights = ModelManifest.from_toml(resnet["manifests"]["onnx"]).file
+    out = cli_env / "resnet.toml"
+    argv = ["models", "add", str(weights), "--task", "classification", "--preprocessing", "torch"]
+    assert cli.main([*argv, "--labels", "a,b", "--out", str(out)]) == cli.EX_FAILURE
+    assert "the model has 4 outputs: give as many --labels" in capsys.readouterr().err
+    assert not out.exists()
+    assert cli.main([*argv, "--labels", ",".join(LABELS), "--out", str(out)]) == 0
+    manifest = ModelManifest.from_toml(out)
+    assert manifest.input_shape == (3, RESNET_SIDE, RESNET_SIDE)
+    assert manifest.layout.value == "channels_first" and manifest.output.value == "softmax"
+
+
+def test_models_check_names_the_field_to_fix(
+    small_keras: dict[str, Path], cli_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from neurogate import cli
+
+    path = small_keras["linear"]
+    manifest = write_manifest(
+        path.parent, path, framework="keras", input_shape=[32, 32, 3], preprocessing="unit"
+    )
+    assert cli.main(["models", "check", str(manifest)]) == cli.EX_FAILURE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "field 'output'" in err
