@@ -561,3 +561,31 @@ def test_models_check_names_the_field_to_fix(
     assert cli.main(["models", "check", str(manifest)]) == cli.EX_FAILURE
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "field 'output'" in err
+
+
+def test_the_api_service_does_not_start_with_a_classifier_that_fails_its_check(
+    small_keras: dict[str, Path], tmp_path: Path
+) -> None:
+    from api.server import ApiService
+    from neurogate.bus import open_bus
+    from neurogate.db import create_db_engine, session_factory, upgrade_to_head
+    from neurogate.settings import ModelSettings
+
+    path = small_keras["linear"]
+    manifest = write_manifest(
+        path.parent, path, framework="keras", input_shape=[32, 32, 3], preprocessing="unit"
+    )
+    settings = api_settings(tmp_path, f"sqlite:///{tmp_path / 'neurogate.sqlite'}")
+    settings = settings.model_copy(update={"models": ModelSettings(classification=manifest)})
+    upgrade_to_head(settings.sqlalchemy_url)
+    engine = create_db_engine(settings.sqlalchemy_url)
+    bus = open_bus(settings.bus, settings.embedded_bus_path)
+    try:
+        with pytest.raises(SystemExit) as caught:
+            ApiService(settings, session_factory(engine), bus)
+    finally:
+        bus.close()
+        engine.dispose()
+    message = str(caught.value)
+    assert message.startswith("neurogate api: classification model: model manifest")
+    assert "field 'output'" in message and "\n" not in message
