@@ -314,11 +314,12 @@ def verify(manifest: ModelManifest) -> None:
 def load(manifest: ModelManifest, check: bool = True) -> Any:
     """The model object, checked.
 
-    A 3D network is a PyTorch module in eval mode. A 2D model (detection, classification) is a
-    :class:`models.byo.slice_model.SliceModel` over the framework's model: with ``check``, one
-    dummy input has gone through it and (for a classifier) through Grad-CAM
-    (:func:`models.byo.check.startup_check`), so that a model that cannot do its task fails
-    here, with the manifest field to fix, not at the first request.
+    A 3D network is a PyTorch module in eval mode (or an ONNX graph called as one). A 2D
+    model (detection, classification) is a :class:`models.byo.slice_model.SliceModel` over
+    the framework's model: with ``check``, one dummy input has gone through it and (for a
+    classifier) through Grad-CAM (:func:`models.byo.check.startup_check`), so that a model
+    that cannot do its task fails here, with the manifest field to fix, not at the first
+    request.
     """
     verify(manifest)
     if manifest.task in SLICE_TASKS:
@@ -329,6 +330,10 @@ def load(manifest: ModelManifest, check: bool = True) -> Any:
         if check:
             startup_check(model)
         return model
+    if manifest.framework is Framework.ONNX:
+        from models.byo.onnx_backend import OnnxVolumeNet
+
+        return OnnxVolumeNet(manifest.file)
     return load_torch(manifest)
 
 

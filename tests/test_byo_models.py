@@ -590,3 +590,45 @@ def test_the_api_service_does_not_start_with_a_classifier_that_fails_its_check(
     message = str(caught.value)
     assert message.startswith("neurogate api: classification model: model manifest")
     assert "field 'output'" in message and "\n" not in message
+
+
+def test_a_3d_segmenter_in_onnx_segments_as_the_pytorch_module_does(tmp_path: Path) -> None:
+    """The node's own 3D U-Net exported to ONNX, plugged in by manifest for segmentation."""
+    import torch
+
+    from models.segmentation.unet3d import UNet3D
+
+    torch.manual_seed(0)
+    net = UNet3D(in_channels=4, out_channels=4, base=4).eval()
+    path = tmp_path / "unet.onnx"
+    axes = {2: "k", 3: "j", 4: "i"}
+    torch.onnx.export(
+        net,
+        (torch.zeros(1, 4, 32, 32, 32),),
+        str(path),
+        dynamo=False,
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": axes, "logits": axes},
+    )
+    manifest = write_manifest(
+        tmp_path,
+        path,
+        task="segmentation",
+        framework="onnx",
+        input_shape=[4, 48, 48, 48],
+        preprocessing="canonical",
+        labels=["brain", "WT", "TC", "ET"],
+        architecture={"window": [32, 32, 32]},
+    )
+    loaded = ModelManifest.from_toml(manifest)
+    onnx_net = load(loaded)
+    image = np.random.default_rng(1).normal(size=(4, 48, 48, 48)).astype(np.float32)
+    x = torch.from_numpy(image[None, :, :32, :32, :32].copy())
+    with torch.no_grad():
+        np.testing.assert_allclose(onnx_net(x).numpy(), net(x).numpy(), atol=1e-4)
+    ours = predict.segment(onnx_net, image, loaded.window)
+    theirs = predict.segment(net, image, loaded.window)
+    for region in ("brain", "WT", "TC", "ET"):
+        assert (ours[region] != theirs[region]).mean() < 1e-4, region
+    assert ours["WT"].any()

@@ -179,3 +179,21 @@ class OnnxBackend:
                 feeds = {self.target: row[None]} | {e: values[e] for e in extra}
                 scores.append(np.asarray(tail.run([self._output], feeds)[0]).reshape(-1)[index])
             return np.asarray(scores)
+
+
+class OnnxVolumeNet:
+    """A 3D segmenter in ONNX, called as the PyTorch module :func:`models.predict.segment`
+    expects: a (1, C, k, j, i) tensor in, logits out."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = _session(path.read_bytes())
+        self._input = self.session.get_inputs()[0].name
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        out = self.session.run(None, {self._input: np.ascontiguousarray(x.numpy(), np.float32)})
+        return torch.from_numpy(np.asarray(out[0]))
+
+    def eval(self) -> OnnxVolumeNet:
+        return self
