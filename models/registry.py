@@ -42,6 +42,7 @@ class Framework(StrEnum):
     KERAS = "keras"
     TORCH = "torch"
     ONNX = "onnx"
+    MONAI = "monai"  # a MONAI bundle: file = its models/model.ts (models.byo.monai_bundle)
 
 
 class Preprocessing(StrEnum):
@@ -195,6 +196,8 @@ class ModelManifest:
         )
         layout = get("layout", lambda v: _choice(Layout, v), default_layout)
         slice_task = task in SLICE_TASKS
+        if framework is Framework.MONAI and task is not Task.SEGMENTATION:
+            raise ManifestError(path, "framework", "a MONAI bundle serves segmentation only")
         if slice_task and (len(shape) != 3 or min(shape) < 1):
             raise ManifestError(path, "input_shape", f"{list(shape)}: give [H, W, C] or [C, H, W]")
         count = (shape[-1] if layout is Layout.CHANNELS_LAST else shape[0]) if slice_task else 1
@@ -279,6 +282,7 @@ _SUFFIXES = {
     Framework.KERAS: (".keras", ".h5", ".hdf5"),
     Framework.TORCH: (".pth", ".pt", ".ts"),
     Framework.ONNX: (".onnx",),
+    Framework.MONAI: (".ts", ".pt"),
 }
 
 
@@ -330,6 +334,10 @@ def load(manifest: ModelManifest, check: bool = True) -> Any:
         if check:
             startup_check(model)
         return model
+    if manifest.framework is Framework.MONAI:
+        from models.byo.monai_bundle import load_bundle
+
+        return load_bundle(manifest)
     if manifest.framework is Framework.ONNX:
         from models.byo.onnx_backend import OnnxVolumeNet
 

@@ -632,3 +632,64 @@ def test_a_3d_segmenter_in_onnx_segments_as_the_pytorch_module_does(tmp_path: Pa
     for region in ("brain", "WT", "TC", "ET"):
         assert (ours[region] != theirs[region]).mean() < 1e-4, region
     assert ours["WT"].any()
+
+
+def test_a_monai_bundle_segments_with_its_label_convention_mapped_to_ours(tmp_path: Path) -> None:
+    """A BraTS-style bundle (the Model Zoo layout: configs/metadata.json, models/model.ts; a
+    MONAI SegResNet, sigmoid TC/WT/ET, its own channel order), against MONAI run directly."""
+    import json
+
+    import torch
+    from monai.networks.nets import SegResNet
+    from monai.transforms import NormalizeIntensity
+
+    torch.manual_seed(0)
+    net = SegResNet(
+        in_channels=4, out_channels=3, init_filters=8, blocks_down=(1, 1, 1), blocks_up=(1, 1)
+    ).eval()
+    bundle = tmp_path / "brats_segresnet"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    model_file = bundle / "models" / "model.ts"
+    torch.jit.script(net).save(str(model_file))
+    bundle_channels = ["T1c", "T1", "T2", "FLAIR"]  # not the node's T1, T1CE, T2, FLAIR
+    metadata = {
+        "name": "BraTS MRI segmentation (test)",
+        "network_data_format": {
+            "inputs": {
+                "image": {"num_channels": 4, "channel_def": dict(enumerate(bundle_channels))}
+            },
+            "outputs": {
+                "pred": {"num_channels": 3, "channel_def": {"0": "TC", "1": "WT", "2": "ET"}}
+            },
+        },
+    }
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata, default=str))
+    manifest = write_manifest(
+        tmp_path,
+        model_file,
+        task="segmentation",
+        framework="monai",
+        file="brats_segresnet/models/model.ts",
+        input_shape=[4, 32, 32, 32],
+        preprocessing="canonical",
+        labels=["brain", "WT", "TC", "ET"],
+    )
+    loaded = load(ModelManifest.from_toml(manifest))
+
+    ours = np.random.default_rng(2).uniform(0.1, 1.5, (4, 32, 32, 32)).astype(np.float32)
+    ours[:, :4] = 0  # outside the head
+    masks = predict.segment(loaded, ours)
+
+    theirs = ours[[1, 0, 2, 3]]  # the node's T1, T1CE, T2, FLAIR as the bundle's T1c, T1, T2, FLAIR
+    theirs = NormalizeIntensity(nonzero=True, channel_wise=True)(theirs)
+    with torch.no_grad():
+        prob = torch.sigmoid(net(torch.as_tensor(np.asarray(theirs))[None]))[0].numpy() > 0.5
+    tc, wt_expected, et = prob  # the bundle's order; the node nests ET in TC in WT
+    tc_expected = tc & wt_expected
+    et_expected = et & tc_expected
+    assert wt_expected.any() and (~wt_expected).any()
+    for region, expected in (("WT", wt_expected), ("TC", tc_expected), ("ET", et_expected)):
+        assert (masks[region] != expected).mean() < 1e-4, region
+    # brain: the non-zero voxels (the bundle has no brain output), and the tumour
+    np.testing.assert_array_equal(masks["brain"], (ours != 0).any(axis=0) | masks["WT"])
