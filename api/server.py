@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
+from api.inference import ClassifierUnavailable
 from api.secret_policy import InsecureSetting
 from neurogate.bus import Bus
 from neurogate.outbox import service_relay
@@ -58,7 +59,8 @@ class ApiService:
     Raises
     ------
     SystemExit
-        With one line naming the setting, when the production profile refuses a secret.
+        With one line naming the setting, when the production profile refuses a secret; with
+        one naming the manifest field, when the classifier fails its start-up check.
     """
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], bus: Bus) -> None:
@@ -67,6 +69,11 @@ class ApiService:
         try:
             app = create_app(settings, sessions=sessions, on_change=self.relay.wake)
         except InsecureSetting as exc:
+            self.relay.close()
+            raise SystemExit(f"neurogate api: {exc}") from None
+        try:  # the start-up check: a classifier that cannot serve stops the API here
+            app.state.context.classifier.load()
+        except ClassifierUnavailable as exc:
             self.relay.close()
             raise SystemExit(f"neurogate api: {exc}") from None
         self._server = uvicorn.Server(uvicorn_config(app, settings))

@@ -81,17 +81,26 @@ def brain_only(
 
 
 def model_input(planes: np.ndarray, manifest: ModelManifest) -> np.ndarray:
-    """(n, j, i) canonical planes → (n, H, W, C) as the manifest's model expects."""
-    height, width, channels = manifest.input_shape
+    """(n, j, i) planes → the batch the manifest's model expects.
+
+    Grid conventions: canonical planes centred in the input, (n, H, W, C). Picture conventions
+    (``raw``, ``unit``, ``tf``, ``caffe``, ``torch``): :func:`models.byo.pictures.picture_batch`.
+    """
+    if manifest.takes_pictures:
+        from models.byo.pictures import picture_batch
+
+        return picture_batch(planes, manifest)
+    height, width = manifest.size
+    channels = manifest.channel_count
     n, j, i = planes.shape
     if manifest.on_canonical_grid:
         out = np.zeros((n, height, width), np.float32)
         top, left = (height - j) // 2, (width - i) // 2
         out[:, top : top + j, left : left + i] = planes
-    else:  # resize the plane to the model's input, then scale as the model was trained
+    else:  # percentile: resize the plane, then scale it by its own robust maximum
         out = ndimage.zoom(planes, (1, height / j, width / i), order=1).astype(np.float32)
         out = np.clip(out / 1.5, 0, 1)
-        if manifest.preprocessing is Preprocessing.IMAGENET:
+        if manifest.preprocessing is Preprocessing.PERCENTILE_255:
             out = out * 255.0
     return np.repeat(out[..., None], channels, axis=-1)
 
@@ -169,21 +178,14 @@ def grad_cam(
     manifest: ModelManifest,
     plane: np.ndarray,
     class_index: int,
-    layer: str = "last_conv",
 ) -> np.ndarray:
-    """Grad-CAM heatmap in [0, 1], aligned with ``plane`` (j, i) of the canonical grid."""
-    import keras
-    import tensorflow as tf
+    """Grad-CAM heatmap in [0, 1], aligned with ``plane`` (j, i) of the canonical grid.
 
-    x = tf.convert_to_tensor(model_input(plane[None], manifest))
-    probe = keras.Model(model.inputs, [model.get_layer(layer).output, model.outputs[0]])
-    with tf.GradientTape() as tape:
-        features, predictions = probe(x, training=False)
-        score = predictions[:, class_index]
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(features * weights[:, None, None, :], axis=-1))[0].numpy()
-    height, width = manifest.input_shape[:2]
+    ``model`` is a loaded 2D model (:class:`models.byo.slice_model.SliceModel`); its target
+    layer is the manifest's ``gradcam_layer``, else its last convolutional layer.
+    """
+    cam = model.explain(model_input(plane[None], manifest), class_index)
+    height, width = manifest.size
     cam = ndimage.zoom(cam, (height / cam.shape[0], width / cam.shape[1]), order=1)
     j, i = plane.shape
     if manifest.on_canonical_grid:

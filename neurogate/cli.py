@@ -191,9 +191,12 @@ def _load_models(settings: Settings) -> Models:
     from models.registry import Task, manifest_for
 
     configured = settings.models.by_task()
-    return Models.load_all(
-        {Task(name): manifest_for(Task(name), path) for name, path in configured.items()}
-    )
+    try:  # each 2D model passes its start-up check here (models.byo.check)
+        return Models.load_all(
+            {Task(name): manifest_for(Task(name), path) for name, path in configured.items()}
+        )
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"models: {exc}") from exc
 
 
 def cmd_services(settings: Settings, names: Sequence[str]) -> int:
@@ -383,6 +386,95 @@ def _wait_for_demo(settings: Settings, study_uid: str, timeout_s: float, started
     return 0
 
 
+def cmd_models_add(args: argparse.Namespace) -> int:
+    """Inspect a model file, check it, write its manifest (with the SHA-256); print it."""
+    import json
+
+    from models.byo.inspect import inspect, manifest_data, to_toml, written_manifest
+    from models.registry import Activation, Preprocessing, Task, load
+
+    path: Path = args.file
+    if not path.is_file():
+        raise CommandFailed(f"models add: no file {path}")
+    out: Path = args.out or path.with_suffix(".toml")
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+    architecture = json.loads(args.architecture) if args.architecture else None
+    if architecture is not None and not isinstance(architecture, dict):
+        architecture = {"name": str(architecture)}
+    try:
+        inferred = inspect(path, shape, architecture)
+        print(
+            f"inferred: {inferred.framework.value}, input {inferred.input_shape} "
+            f"({inferred.layout.value}), {inferred.outputs} outputs, last convolution "
+            f"{inferred.gradcam_layer!r}, ends in {inferred.ends_in.value}",
+            file=sys.stderr,
+        )
+        data = manifest_data(
+            path,
+            inferred,
+            task=Task(args.task),
+            labels=[v.strip() for v in args.labels.split(",") if v.strip()],
+            preprocessing=Preprocessing(args.preprocessing),
+            name=args.name or path.stem,
+            version=args.version,
+            output=Activation(args.output) if args.output else None,
+            architecture=architecture,
+            manifest_dir=out.parent,
+        )
+        checked = load(written_manifest(data, out))
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"models add: {exc}") from exc
+    out.write_text(to_toml(data))
+    print(to_toml(data), end="")
+    print(
+        f"wrote {out}; start-up check passed in {checked.check_seconds:.2f} s; use it with "
+        f"NEUROGATE_MODELS__{args.task.upper()}={out.resolve()}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_models_check(manifest_path: Path, image: Path | None) -> int:
+    """Run a manifest's start-up check, and classify ``image`` when given; print the result."""
+    import time
+
+    import numpy as np
+
+    from models.predict import model_input
+    from models.registry import SLICE_TASKS, ModelManifest, load
+
+    started = time.perf_counter()
+    try:
+        manifest = ModelManifest.from_toml(manifest_path)
+        model = load(manifest)
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"models check: {exc}") from exc
+    seconds = time.perf_counter() - started
+    layer = getattr(model, "layer", None)
+    check = getattr(model, "check_seconds", None)
+    print(
+        f"ok: {manifest.name} {manifest.version} ({manifest.task.value}, "
+        f"{manifest.framework.value}) loaded and checked in {seconds:.2f} s"
+        + (f" (check {check:.2f} s, Grad-CAM layer {layer!r})" if check is not None else "")
+    )
+    if image is None:
+        return 0
+    if manifest.task not in SLICE_TASKS:
+        raise CommandFailed("models check: --image is for 2D models (detection, classification)")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image) as picture:
+            grey = np.asarray(picture.convert("L"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise CommandFailed(f"models check: {image}: not a readable picture ({exc})") from exc
+    plane = grey if manifest.takes_pictures else (grey / 255.0).astype(np.float32)
+    probabilities = model.predict(model_input(plane[None], manifest))[0]
+    ranked = sorted(zip(manifest.labels, probabilities, strict=True), key=lambda kv: -kv[1])
+    print(f"{image.name}: " + ", ".join(f"{label} {p:.4f}" for label, p in ranked))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neurogate",
@@ -436,7 +528,49 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         help="seconds to wait for the findings in the node's database; 0: don't wait",
     )
+    _models_parser(sub)
     return parser
+
+
+def _models_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    models = sub.add_parser("models", help="bring your own model: write and check manifests")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    add = models_sub.add_parser(
+        "add",
+        help="inspect a model file, check it and write its manifest (with its SHA-256)",
+        description="Infers the input shape, output count, last convolutional layer and "
+        "whether the model ends in softmax; runs the start-up check; writes the manifest.",
+    )
+    add.add_argument("file", type=Path, help=".keras, .h5, .pth (with --architecture), .pt, .onnx")
+    add.add_argument("--task", choices=["classification", "detection"], required=True)
+    add.add_argument(
+        "--labels", required=True, help="class names in the order of the outputs, comma-separated"
+    )
+    add.add_argument(
+        "--preprocessing",
+        required=True,
+        choices=["raw", "unit", "tf", "caffe", "torch", "percentile", "percentile_255"],
+        help="how the model's authors scaled pictures (models/MODEL_CARD.md)",
+    )
+    add.add_argument(
+        "--output",
+        choices=["softmax", "sigmoid", "none"],
+        help="default: none when the model ends in softmax/sigmoid, else softmax (sigmoid for "
+        "one output)",
+    )
+    add.add_argument("--input-shape", help="e.g. 3,224,224; needed for PyTorch files")
+    add.add_argument(
+        "--architecture",
+        help='a state dict\'s architecture: JSON, e.g. \'{"name": "resnet18", "num_classes": 4}\'',
+    )
+    add.add_argument("--name", help="default: the file's stem")
+    add.add_argument("--version", default="1", help="default: %(default)s")
+    add.add_argument("--out", "-o", type=Path, help="default: FILE with the suffix .toml")
+    check = models_sub.add_parser(
+        "check", help="load a manifest's model and run its start-up check (and a sample image)"
+    )
+    check.add_argument("manifest", type=Path)
+    check.add_argument("--image", type=Path, help="a PNG or JPEG to classify")
 
 
 def _report(lines: Sequence[object], heading: str) -> None:
@@ -477,4 +611,8 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         return cmd_create_admin(settings, args.username, args.password_stdin)
     if args.command == "demo":
         return cmd_demo(settings, args)
+    if args.command == "models":
+        if args.models_command == "add":
+            return cmd_models_add(args)
+        return cmd_models_check(args.manifest, args.image)
     raise AssertionError(f"unhandled command {args.command}")

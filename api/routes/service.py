@@ -51,6 +51,8 @@ def _database_check(context: ApiContext) -> Check:
 
 
 def _models_check(context: ApiContext) -> Check:
+    """Each task's manifest (read and validated) and weights; the API's classifier's state:
+    ``ready`` (loaded, start-up check passed), ``failed`` (and why) or ``not_loaded``."""
     paths = {Task(name): path for name, path in context.settings.models.by_task().items()}
     detail: dict[str, object] = {}
     healthy = True
@@ -59,7 +61,7 @@ def _models_check(context: ApiContext) -> Check:
             manifest = manifest_for(task, path)
         except (OSError, ValueError) as exc:
             healthy = False
-            detail[task.value] = {"error": str(exc)[:200]}
+            detail[task.value] = {"state": "failed", "error": str(exc)[:300]}
             continue
         present = manifest.file.is_file()
         healthy = healthy and present
@@ -68,6 +70,10 @@ def _models_check(context: ApiContext) -> Check:
             "version": manifest.version,
             "weights_present": present,
         }
+    classifier = context.classifier.state()
+    if isinstance(detail.get(Task.CLASSIFICATION.value), dict):
+        detail[Task.CLASSIFICATION.value] |= classifier  # type: ignore[operator]
+    healthy = healthy and classifier["state"] != "failed"
     detail["classifier_loaded"] = context.classifier.loaded
     return Check(status=HealthState.HEALTHY if healthy else HealthState.DEGRADED, detail=detail)
 
