@@ -216,9 +216,24 @@ class StudyOut(BaseModel):
     analysis: AnalysisOut | None  # the latest
 
 
+class RoutingOut(_Out):
+    """What the routing rules decided for one completion of the study (routing_rules.toml)."""
+
+    revision: int
+    rule: str | None  # None: no rule matched
+    action: Literal["analyse", "ignore"]  # ignore: not for this node, analysed by nobody
+    priority: Literal["stat", "routine"]
+    model_set: str
+    destinations: list[str] | None  # None: every export destination
+    reason: str
+    facts: dict[str, Any]  # the attributes the rules looked at
+    decided_at: dt.datetime
+
+
 class StudyDetail(StudyOut):
     series: list[SeriesOut]
     analyses: list[AnalysisBrief]  # every run, newest first
+    routing: list[RoutingOut] = Field(default_factory=list)  # every decision, newest first
 
 
 class AnalysisFilter(StrEnum):
