@@ -116,7 +116,7 @@ def report_bundle(
         What the notification is about (``analysis.completed`` ...), as the Bundle's tag.
     """
     report_id = {"system": URI, "value": f"urn:uuid:{request_event_id}"}
-    identifiers = [report_id]
+    identifiers: list[dict[str, Any]] = [report_id]
     for kind, uid in objects:
         if kind in ("sr", "seg"):
             identifiers.append({**dicom_uid(uid), "type": {"text": f"DICOM {kind.upper()}"}})

@@ -1,10 +1,11 @@
 """Result notifications against a real HTTP receiver (http.server in a thread).
 
-The worker analyses a glioma study and the receiver gets an ``analysis.completed`` webhook: a
-signed FHIR R4 transaction Bundle whose DiagnosticReport and Observations (WT/TC/ET volumes,
-intracranial volume, class) parse with ``fhir.resources``; its PACS is down, so the parked
-export is announced too. A receiver that answers 503 and then 200 gets the same delivery twice,
-and both attempts are recorded; one that never answers 2xx is given up after the last attempt.
+A glioma study pushed with storescu is analysed and the receiver gets an
+``analysis.completed`` webhook: a signed FHIR R4 transaction Bundle whose DiagnosticReport and
+Observations (WT/TC/ET volumes, intracranial volume, class) parse with ``fhir.resources``; its
+PACS is down, so the parked export is announced too. A receiver that answers 503 and then 200
+gets the same delivery twice, and both attempts are recorded; one that never answers 2xx is
+given up after the last attempt, and one that is down is retried.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ from neurogate.settings import (
 )
 from schemas.topics import Topic
 from tests.conftest import Database, free_port, make_settings
-from tests.harness import wait_for
+from tests.harness import running_listener, storescu, wait_for
 from tests.test_routing import NO_MODELS, _event, _worker
-from tests.test_worker import PROFILE, _stored_event
+from tests.test_worker import PROFILE, _files
 
 SECRET = "s3cret-for-the-ehr-engine"
 SNOMED, LOINC = "http://snomed.info/sct", "http://loinc.org"
@@ -238,9 +239,9 @@ def test_a_completed_analysis_is_a_fhir_diagnostic_report_with_its_observations(
             }
         )
         models = Models.load_all({task: manifest_for(task) for task in Task})
-        event = _stored_event(settings, glioma)
-        with _worker(settings, database, models):
-            _publish(settings, database, event)
+        with running_listener(settings) as listener, _worker(settings, database, models):
+            sent = storescu(listener.address[1], _files(glioma))
+            assert sent.returncode == 0, sent.stderr
             wait_for(
                 lambda: (
                     {d.event for d in _deliveries(database) if d.status == "sent"}
