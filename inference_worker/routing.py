@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 DEFAULT_RULES = Path(__file__).with_name("routing_rules.toml")
 DEFAULT_MODEL_SET = "default"  # the models of MODELS__*
 ROUTER_GROUP = "neurogate-router"
+# A look at the stat topic before each routine message: short, but long enough for the Kafka
+# client to make progress (group joins, fetches) on a consumer that is polled only this way.
+_STAT_POLL_S = 0.05
 _Named = TypeVar("_Named")  # an export destination: anything with a ``name``
 _HEADER_TAGS = ("Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription",
                 "InstitutionName")  # fmt: skip
@@ -491,7 +494,7 @@ class PriorityConsumer:
         self._stat_topics = frozenset(stat_topics)
 
     def poll(self, timeout_s: float, max_messages: int = 16) -> list[Message]:
-        urgent = self._stat.poll(0.0, max_messages)
+        urgent = self._stat.poll(_STAT_POLL_S, max_messages)
         if urgent:
             return urgent
         return self._routine.poll(timeout_s, 1)

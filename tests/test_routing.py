@@ -222,6 +222,7 @@ def glioma(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
     return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-1")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_rules_model_set_and_destinations_decide_the_classifier_and_where_results_go(
     tmp_path: Path, database: Database, glioma: SyntheticStudy
 ) -> None:
