@@ -50,8 +50,14 @@ ROUTER_GROUP = "neurogate-router"
 # client to make progress (group joins, fetches) on a consumer that is polled only this way.
 _STAT_POLL_S = 0.05
 _Named = TypeVar("_Named")  # an export destination: anything with a ``name``
-_HEADER_TAGS = ("Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription",
-                "InstitutionName")  # fmt: skip
+# What a router reads of one instance per series (the event carries the rest).
+_HEADER_TAGS = [
+    "Modality",
+    "BodyPartExamined",
+    "SeriesDescription",
+    "StudyDescription",
+    "InstitutionName",
+]
 
 
 class Priority(StrEnum):
@@ -123,7 +129,7 @@ def _first_header(folder: Path) -> Any:
     """One instance's header of a series folder (``None`` when none can be read)."""
     for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
         try:
-            return dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER_TAGS))
+            return dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
         except (InvalidDicomError, OSError):
             continue
     return None
@@ -160,8 +166,11 @@ class Rule:
 
 
 def _study_values(facts: StudyFacts, field: str) -> tuple[str, ...]:
+    """The values a study condition is matched against (any may match; none: the empty one)."""
     value = getattr(facts, field)
-    return value or ("",) if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple):
+        return value or ("",)
+    return (value,)
 
 
 def _series_matches(series: SeriesFacts, conditions: Mapping[str, re.Pattern[str]]) -> bool:
