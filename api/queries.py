@@ -23,6 +23,7 @@ from neurogate.db.models import (
     Upload,
     User,
     UserRole,
+    WebhookDelivery,
 )
 
 _GENERATED_ID_PREFIX = "NG"
@@ -210,6 +211,15 @@ def routing_of(session: Session, *, study_uid: str) -> Sequence[RoutingDecision]
         select(RoutingDecision)
         .where(RoutingDecision.study_instance_uid == study_uid)
         .order_by(RoutingDecision.id.desc())
+    ).all()
+
+
+def notifications_of(session: Session, *, study_uid: str) -> Sequence[WebhookDelivery]:
+    """The webhook notifications about the study, newest first."""
+    return session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.study_instance_uid == study_uid)
+        .order_by(WebhookDelivery.id.desc())
     ).all()
 
 

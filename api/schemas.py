@@ -230,10 +230,28 @@ class RoutingOut(_Out):
     decided_at: dt.datetime
 
 
+class NotificationOut(_Out):
+    """One webhook notification about the study (NOTIFY__WEBHOOKS) and how it went."""
+
+    delivery_id: str
+    webhook: str
+    event: str  # analysis.completed, analysis.failed, export.parked
+    analysis_id: int | None
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    http_status: int | None  # of the last attempt
+    last_error: str | None
+    outcomes: list[dict[str, Any]]  # each attempt: at, http_status, error
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    sent_at: dt.datetime | None
+
+
 class StudyDetail(StudyOut):
     series: list[SeriesOut]
     analyses: list[AnalysisBrief]  # every run, newest first
     routing: list[RoutingOut] = Field(default_factory=list)  # every decision, newest first
+    notifications: list[NotificationOut] = Field(default_factory=list)  # newest first
 
 
 class AnalysisFilter(StrEnum):

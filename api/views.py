@@ -8,6 +8,7 @@ from api.queries import StudyRow
 from api.schemas import (
     AnalysisBrief,
     AnalysisOut,
+    NotificationOut,
     PatientOut,
     ResultObjectOut,
     RoutingOut,
@@ -16,7 +17,7 @@ from api.schemas import (
     StudyOut,
     UserOut,
 )
-from neurogate.db.models import Analysis, Patient, RoutingDecision, User
+from neurogate.db.models import Analysis, Patient, RoutingDecision, User, WebhookDelivery
 
 
 def user_out(user: User) -> UserOut:
@@ -71,11 +72,15 @@ def study_out(row: StudyRow) -> StudyOut:
 
 
 def study_detail(
-    row: StudyRow, analyses: list[Analysis], routing: list[RoutingDecision] | None = None
+    row: StudyRow,
+    analyses: list[Analysis],
+    routing: list[RoutingDecision] | None = None,
+    notifications: list[WebhookDelivery] | None = None,
 ) -> StudyDetail:
     return StudyDetail(
         **study_out(row).model_dump(),
         series=[SeriesOut.model_validate(series) for series in row.study.series],
         analyses=[AnalysisBrief.model_validate(a) for a in analyses],
         routing=[RoutingOut.model_validate(r) for r in routing or []],
+        notifications=[NotificationOut.model_validate(n) for n in notifications or []],
     )

@@ -49,6 +49,7 @@ from neurogate.settings import (
 from schemas.topics import Topic
 from tests.conftest import Database, free_port, make_settings
 from tests.harness import running_listener, storescu, wait_for
+from tests.test_api_support import admin_headers, api_settings, running_app
 from tests.test_routing import NO_MODELS, _event, _worker
 from tests.test_worker import PROFILE, _files
 
@@ -289,3 +290,13 @@ def test_a_completed_analysis_is_a_fhir_diagnostic_report_with_its_observations(
     )
     tags = json.loads(parked.body)["meta"]["tag"]
     assert any(t["system"] == "urn:neurogate:export" and t["code"] == "pacs" for t in tags)
+
+    # The API's study detail shows each notification and how it went.
+    api = api_settings(tmp_path / "api", database.url).api
+    with running_app(settings.model_copy(update={"api": api})) as client:
+        uid = glioma.study_instance_uid
+        body = client.get(f"/api/studies/{uid}", headers=admin_headers(client)).json()
+    shown = {
+        (n["event"], n["status"], n["attempts"], n["http_status"]) for n in body["notifications"]
+    }
+    assert shown == {("analysis.completed", "sent", 1, 200), ("export.parked", "sent", 1, 200)}

@@ -151,7 +151,9 @@ def get_study(
     """One study: its series, its latest analysis and the history of its analyses."""
     row = audited_study(session, user, study_uid, auditor, AuditAction.STUDY_READ)
     analyses = list(queries.analyses_of(session, study_uid=study_uid))
-    detail = study_detail(row, analyses, list(queries.routing_of(session, study_uid=study_uid)))
+    routing = list(queries.routing_of(session, study_uid=study_uid))
+    notifications = list(queries.notifications_of(session, study_uid=study_uid))
+    detail = study_detail(row, analyses, routing, notifications)
     series = [s.series_instance_uid for s in detail.series]
     _record_study(auditor, AuditAction.STUDY_READ, user, row, {"series": series})
     return detail
