@@ -20,12 +20,14 @@ from neurogate.db.models import (
     ImageScan,
     Patient,
     ResultObject,
+    RoutingDecision,
     ScanReport,
     Series,
     Study,
     Upload,
     User,
     UserRole,
+    WebhookDelivery,
 )
 
 _GENERATED_ID_PREFIX = "NG"
@@ -232,6 +234,42 @@ def analyses_of(session: Session, *, study_uid: str) -> Sequence[Analysis]:
         .where(Analysis.study_instance_uid == study_uid)
         .order_by(Analysis.id.desc())
     ).all()
+
+
+def routing_of(session: Session, *, study_uid: str) -> Sequence[RoutingDecision]:
+    """The routing rules' decisions for the study, newest first."""
+    return session.scalars(
+        select(RoutingDecision)
+        .where(RoutingDecision.study_instance_uid == study_uid)
+        .order_by(RoutingDecision.id.desc())
+    ).all()
+
+
+def notifications_of(session: Session, *, study_uid: str) -> Sequence[WebhookDelivery]:
+    """The webhook notifications about the study, newest first."""
+    return session.scalars(
+        select(WebhookDelivery)
+        .where(WebhookDelivery.study_instance_uid == study_uid)
+        .order_by(WebhookDelivery.id.desc())
+    ).all()
+
+
+def routed_destinations(
+    session: Session, *, study_uid: str, destinations: Sequence[str]
+) -> list[str]:
+    """Of ``destinations``, those the routing decision of the study's newest results sends to
+    (all of them when the analysis was not routed, an upload say, or its rule named none)."""
+    event_id = session.scalar(
+        select(Analysis.request_event_id)
+        .join(ResultObject, ResultObject.analysis_id == Analysis.id)
+        .where(Analysis.study_instance_uid == study_uid)
+        .order_by(Analysis.id.desc())
+        .limit(1)
+    )
+    chosen = session.scalar(
+        select(RoutingDecision.destinations).where(RoutingDecision.request_event_id == event_id)
+    )
+    return list(destinations) if chosen is None else [d for d in destinations if d in chosen]
 
 
 def upload_of(session: Session, *, study_uid: str) -> Upload | None:

@@ -229,9 +229,42 @@ class StudyOut(BaseModel):
     analysis: AnalysisOut | None  # the latest
 
 
+class RoutingOut(_Out):
+    """What the routing rules decided for one completion of the study (routing_rules.toml)."""
+
+    revision: int
+    rule: str | None  # None: no rule matched
+    action: Literal["analyse", "ignore"]  # ignore: not for this node, analysed by nobody
+    priority: Literal["stat", "routine"]
+    model_set: str
+    destinations: list[str] | None  # None: every export destination
+    reason: str
+    facts: dict[str, Any]  # the attributes the rules looked at
+    decided_at: dt.datetime
+
+
+class NotificationOut(_Out):
+    """One webhook notification about the study (NOTIFY__WEBHOOKS) and how it went."""
+
+    delivery_id: str
+    webhook: str
+    event: str  # analysis.completed, analysis.failed, export.parked
+    analysis_id: int | None
+    status: Literal["pending", "sent", "failed"]
+    attempts: int
+    http_status: int | None  # of the last attempt
+    last_error: str | None
+    outcomes: list[dict[str, Any]]  # each attempt: at, http_status, error
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime | None
+    sent_at: dt.datetime | None
+
+
 class StudyDetail(StudyOut):
     series: list[SeriesOut]
     analyses: list[AnalysisBrief]  # every run, newest first
+    routing: list[RoutingOut] = Field(default_factory=list)  # every decision, newest first
+    notifications: list[NotificationOut] = Field(default_factory=list)  # newest first
 
 
 class AnalysisFilter(StrEnum):

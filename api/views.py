@@ -8,14 +8,16 @@ from api.queries import StudyRow
 from api.schemas import (
     AnalysisBrief,
     AnalysisOut,
+    NotificationOut,
     PatientOut,
     ResultObjectOut,
+    RoutingOut,
     SeriesOut,
     StudyDetail,
     StudyOut,
     UserOut,
 )
-from neurogate.db.models import Analysis, Patient, User
+from neurogate.db.models import Analysis, Patient, RoutingDecision, User, WebhookDelivery
 
 
 def user_out(user: User) -> UserOut:
@@ -69,9 +71,16 @@ def study_out(row: StudyRow) -> StudyOut:
     )
 
 
-def study_detail(row: StudyRow, analyses: list[Analysis]) -> StudyDetail:
+def study_detail(
+    row: StudyRow,
+    analyses: list[Analysis],
+    routing: list[RoutingDecision] | None = None,
+    notifications: list[WebhookDelivery] | None = None,
+) -> StudyDetail:
     return StudyDetail(
         **study_out(row).model_dump(),
         series=[SeriesOut.model_validate(series) for series in row.study.series],
         analyses=[AnalysisBrief.model_validate(a) for a in analyses],
+        routing=[RoutingOut.model_validate(r) for r in routing or []],
+        notifications=[NotificationOut.model_validate(n) for n in notifications or []],
     )

@@ -35,6 +35,7 @@ from pynetdicom.pdu import A_ASSOCIATE_RJ
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from inference_worker.notify import notify_export_parked
 from inference_worker.stowrs import StowClient, Unreachable
 from neurogate.db.models import Export, ExportStatus, ResultObject
 from neurogate.outbox import enqueue
@@ -334,6 +335,7 @@ class Exporter:
                 row.last_error = reason
                 if row.attempts >= policy.max_attempts:
                     row.status, row.next_attempt_at = ExportStatus.FAILED, None
+                    notify_export_parked(session, self._settings, row)
                 else:
                     wait = min(
                         policy.backoff_seconds * 2 ** (row.attempts - 1),

@@ -19,7 +19,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -28,8 +28,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from inference_worker.analysis import Analysis
 from inference_worker.exporter import Exporter, plan_exports
+from inference_worker.notify import Event, Notifier, notify_analysis
 from inference_worker.pipeline import Models, analyse, analyse_nifti, scan_folder
 from inference_worker.priors import FollowUp, PriorNotAnalysed, analysed_as_prior
+from inference_worker.routing import (
+    ROUTER_GROUP,
+    PriorityConsumer,
+    Router,
+    decision_for,
+    load_model_sets,
+    load_routing_rules,
+    routed_destinations,
+)
 from inference_worker.volume import GeometryError
 from neurogate.bus import Bus, BusUnavailable, Message, ensure_service_topics
 from neurogate.bus.runner import PoisonMessage, consume
@@ -50,9 +60,15 @@ from schemas.topics import Topic
 
 log = logging.getLogger(__name__)
 
-CONSUMED_TOPICS = (Topic.STUDY_RECEIVED, Topic.ANALYSIS_REQUESTED)
+# Received studies go through the router (routing rules), which queues those to analyse on the
+# stat or routine topic; the analysis loop takes stat before routine work (routing.py).
+ROUTED_TOPICS = (Topic.STUDY_RECEIVED,)
+STAT_TOPICS = (Topic.ANALYSIS_STAT,)
+ROUTINE_TOPICS = (Topic.ANALYSIS_ROUTINE, Topic.ANALYSIS_REQUESTED)
+CONSUMED_TOPICS = (*ROUTED_TOPICS, *STAT_TOPICS, *ROUTINE_TOPICS)
 PUBLISHED_TOPICS = (Topic.ANALYSIS_STATUS, Topic.EXPORT_STATUS)
 GROUP_ID = "neurogate-inference-worker"
+STAT_GROUP_ID = f"{GROUP_ID}-stat"  # its own group: a long routine analysis never holds it up
 RESULTS_DIR = "results"
 PARTIAL_SUFFIX = ".partial"  # a result object being written; renamed once complete
 HEARTBEAT_FILE = "worker.heartbeat"
@@ -87,6 +103,9 @@ class Worker:
         capture and PDF with highdicom.
     on_change
         Called after each committed change (wakes the outbox relay and the exporter).
+    model_sets
+        The model sets routing rules may name (:func:`~inference_worker.routing.load_model_sets`);
+        ``models`` serves every other study.
     """
 
     def __init__(
@@ -96,10 +115,12 @@ class Worker:
         models: Models,
         *,
         on_change: Callable[[], None] = lambda: None,
+        model_sets: Mapping[str, Models] | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
         self._models = models
+        self._model_sets = dict(model_sets or {})
         self._on_change = on_change
         self._name = f"{socket.gethostname()}:{threading.get_native_id()}"
         self._follow_up = (
@@ -201,6 +222,7 @@ class Worker:
                 )
                 row.status, row.error, row.finished_at = AnalysisStatus.FAILED, reason, _now()
                 _announce(session, row, AnalysisState.FAILED, reason=reason)
+                notify_analysis(session, self._settings, row, Event.ANALYSIS_FAILED)
                 abandoned = row.id, reason
             else:
                 row.status = AnalysisStatus.RUNNING
@@ -241,14 +263,17 @@ class Worker:
         root = self._settings.storage_root
         progress = self._progress(analysis_id)
         budget = self._settings.decode_budget
+        with self._sessions() as session:
+            decision = decision_for(session, str(event.event_id))
+        models = (
+            self._model_sets.get(decision.model_set, self._models) if decision else self._models
+        )
         try:
             if isinstance(event, AnalysisRequested) and event.input_format is InputFormat.NIFTI:
                 files = {role: root / path for role, path in event.nifti_files.items()}
-                return analyse_nifti(
-                    event.study_instance_uid, files, self._models, progress, budget
-                )
+                return analyse_nifti(event.study_instance_uid, files, models, progress, budget)
             study = scan_folder(root / event.path)
-            return analyse(study, self._models, progress, budget)
+            return analyse(study, models, progress, budget)
         except (GeometryError, ValueError, FileNotFoundError) as exc:
             raise AnalysisFailed(str(exc)) from exc
 
@@ -261,6 +286,7 @@ class Worker:
             row = session.get_one(AnalysisRow, analysis_id)
             row.status, row.error, row.finished_at = AnalysisStatus.FAILED, reason, _now()
             _announce(session, row, AnalysisState.FAILED, reason=reason)
+            notify_analysis(session, self._settings, row, Event.ANALYSIS_FAILED)
         self._on_change()
         log.warning(
             "analysis failed",
@@ -282,10 +308,13 @@ class Worker:
                 session.add(obj)
                 obj.analysis_id = row.id
             session.flush()
-            plan_exports(session, objects, self._settings.export.destinations)
+            decision = decision_for(session, str(event.event_id))
+            destinations = routed_destinations(decision, self._settings.export.destinations)
+            plan_exports(session, objects, destinations)
             row.status, row.step, row.progress = AnalysisStatus.COMPLETED, None, 1.0
             row.finished_at = _now()
             _announce(session, row, AnalysisState.COMPLETED)
+            notify_analysis(session, self._settings, row, Event.ANALYSIS_COMPLETED)
         self._on_change()
         log.info(
             "analysis completed",
@@ -387,14 +416,25 @@ class WorkerService:
         self.relay = service_relay(
             sessions, bus, settings.bus, (*CONSUMED_TOPICS, *PUBLISHED_TOPICS)
         )
-        self.exporter = Exporter(settings, sessions, on_change=self.relay.wake)
-        self.worker = Worker(settings, sessions, models, on_change=self._changed)
+        self.notifier = Notifier(settings, sessions)
+        self.exporter = Exporter(settings, sessions, on_change=self._exported)
+        self.rules = load_routing_rules(settings)
+        model_sets = load_model_sets(self.rules, models)
+        self.worker = Worker(
+            settings, sessions, models, on_change=self._changed, model_sets=model_sets
+        )
+        self._sessions = sessions
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def _changed(self) -> None:
         self.relay.wake()
         self.exporter.wake()
+        self.notifier.wake()
+
+    def _exported(self) -> None:
+        self.relay.wake()
+        self.notifier.wake()
 
     def start(self) -> None:
         removed = remove_orphan_partials(self._settings.storage_root / RESULTS_DIR)
@@ -403,6 +443,8 @@ class WorkerService:
         self._ensure_topics_quietly()
         self._spawn("outbox-relay", lambda: self.relay.run(self._stop))
         self._spawn("exporter", lambda: self.exporter.run(self._stop))
+        self._spawn("notifier", lambda: self.notifier.run(self._stop))
+        self._spawn("router", self._route)
         self._spawn("consumer", self._consume)
         log.info(
             "worker started",
@@ -417,14 +459,35 @@ class WorkerService:
         self._stop.set()
         self.relay.wake()
         self.exporter.wake()
+        self.notifier.wake()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
         self.relay.close()
         log.info("worker stopped")
 
+    def _route(self) -> None:
+        consumer = self._bus.consumer([str(t) for t in ROUTED_TOPICS], ROUTER_GROUP)
+        publisher = self._bus.publisher()
+        router = Router(self._settings, self.rules, self._sessions, publisher, self._stop)
+        try:
+            consume(
+                consumer,
+                publisher,
+                router.handle,
+                stop=self._stop,
+                max_attempts=self._settings.bus.max_delivery_attempts,
+            )
+        finally:
+            consumer.close()
+            publisher.close()
+
     def _consume(self) -> None:
-        consumer = self._bus.consumer([str(t) for t in CONSUMED_TOPICS], GROUP_ID)
+        consumer = PriorityConsumer(
+            self._bus.consumer([str(t) for t in STAT_TOPICS], STAT_GROUP_ID),
+            self._bus.consumer([str(t) for t in ROUTINE_TOPICS], GROUP_ID),
+            [str(t) for t in STAT_TOPICS],
+        )
         publisher = self._bus.publisher()
         try:
             consume(

@@ -126,6 +126,21 @@ def service_problems(settings: Settings, names: Sequence[str]) -> list[Problem]:
                             "NEUROGATE_EXPORT__DESTINATIONS", f"entry {i}, {name}: no file {path}"
                         )
                     )
+    if "worker" in names:
+        from inference_worker.routing import RoutingRulesError, load_routing_rules
+
+        try:
+            load_routing_rules(settings)
+        except RoutingRulesError as exc:
+            problems.append(Problem("NEUROGATE_ROUTING__RULES_FILE", str(exc)))
+        for i, webhook in enumerate(settings.notify.webhooks):
+            if webhook.tls_ca_file is not None and not webhook.tls_ca_file.is_file():
+                problems.append(
+                    Problem(
+                        "NEUROGATE_NOTIFY__WEBHOOKS",
+                        f"entry {i}, tls_ca_file: no file {webhook.tls_ca_file}",
+                    )
+                )
     for directory, (variable, why) in written_directories(settings, names).items():
         if not _can_write(directory):
             problems.append(Problem(variable, f"{directory} is not writable ({why})"))

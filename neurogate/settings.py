@@ -31,6 +31,9 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 AE VR: no backs
 # Accounts of the API (its request schemas use the same rules).
 USERNAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$"
 MIN_PASSWORD = 10
+MIN_WEBHOOK_SECRET = 16
+# What a webhook can be told of (inference_worker.notify.Event).
+WEBHOOK_EVENTS = ("analysis.completed", "analysis.failed", "export.parked")
 
 
 def _split_csv(value: object) -> object:
@@ -354,6 +357,63 @@ class PriorSettings(BaseModel):
         return self.ae_title is not None
 
 
+class RoutingSettings(BaseModel):
+    """Which studies the node analyses, with which models, how urgently and for whom."""
+
+    # The rules (TOML); unset: inference_worker/routing_rules.toml (every brain MR, routine;
+    # STAT by study description; CT, other modalities and other body parts not for this node)
+    rules_file: Path | None = None
+
+
+class Webhook(BaseModel):
+    """An HTTP(S) endpoint told of results: a FHIR R4 Bundle, HMAC-SHA256 signed."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(pattern=r"^https?://[^\s/]+")
+    # Shared with the receiver; signs timestamp + body (see inference_worker/notify.py).
+    secret: SecretStr
+    # Which events it gets; empty: all of analysis.completed, analysis.failed, export.parked.
+    events: Annotated[list[str], NoDecode] = []
+    tls_ca_file: Path | None = None  # the CA of an https receiver (default: the system's)
+
+    _split = field_validator("events", mode="before")(_split_csv)
+
+    @field_validator("secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < MIN_WEBHOOK_SECRET:
+            raise ValueError(f"a webhook secret needs at least {MIN_WEBHOOK_SECRET} characters")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _check_events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(WEBHOOK_EVENTS))
+        if unknown:
+            raise ValueError(f"unknown events {unknown}; known: {', '.join(WEBHOOK_EVENTS)}")
+        return value
+
+
+class NotifySettings(BaseModel):
+    """Webhooks on analysis completed / failed and export parked, retried like exports."""
+
+    # JSON in the environment: NEUROGATE_NOTIFY__WEBHOOKS='[{"name": "ehr", "url": ..., ...}]'
+    webhooks: list[Webhook] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1)
+    backoff_seconds: float = Field(5.0, gt=0)  # doubles after each failure, up to the maximum
+    backoff_max_seconds: float = Field(600.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0)  # longer than one request (timeout_seconds)
+
+    @field_validator("webhooks")
+    @classmethod
+    def _check_names(cls, value: list[Webhook]) -> list[Webhook]:
+        names = [w.name for w in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhook names must be distinct: {names}")
+        return value
+
+
 class ApiSettings(BaseModel):
     """The REST API for the portal."""
 
@@ -464,6 +524,8 @@ class Settings(BaseSettings):
     results: ResultSettings = ResultSettings()
     export: ExportSettings = ExportSettings()
     priors: PriorSettings = PriorSettings()
+    routing: RoutingSettings = RoutingSettings()
+    notify: NotifySettings = NotifySettings()
     api: ApiSettings = ApiSettings()
 
     @property

@@ -8,6 +8,9 @@ from enum import StrEnum
 class Topic(StrEnum):
     STUDY_RECEIVED = "neurogate.study.received"  # listener -> worker
     ANALYSIS_REQUESTED = "neurogate.analysis.requested"  # API (uploads, re-runs) -> worker
+    # worker's router -> worker: studies the routing rules send to analysis, by priority
+    ANALYSIS_STAT = "neurogate.analysis.stat"
+    ANALYSIS_ROUTINE = "neurogate.analysis.routine"
     ANALYSIS_STATUS = "neurogate.analysis.status"  # worker -> API, dashboards
     EXPORT_STATUS = "neurogate.export.status"  # worker -> API: delivery per object, destination
 

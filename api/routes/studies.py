@@ -150,7 +150,10 @@ def get_study(
 ) -> StudyDetail:
     """One study: its series, its latest analysis and the history of its analyses."""
     row = audited_study(session, user, study_uid, auditor, AuditAction.STUDY_READ)
-    detail = study_detail(row, list(queries.analyses_of(session, study_uid=study_uid)))
+    analyses = list(queries.analyses_of(session, study_uid=study_uid))
+    routing = list(queries.routing_of(session, study_uid=study_uid))
+    notifications = list(queries.notifications_of(session, study_uid=study_uid))
+    detail = study_detail(row, analyses, routing, notifications)
     series = [s.series_instance_uid for s in detail.series]
     _record_study(auditor, AuditAction.STUDY_READ, user, row, {"series": series})
     return detail
@@ -202,7 +205,10 @@ def resend(
     back to pending, and destinations configured since the analysis get its newest objects."""
     row = audited_study(session, staff, study_uid, auditor, AuditAction.RESEND)
     requeued = queries.requeue_failed_exports(session, study_uid=study_uid)
-    destinations = [d.name for d in context.settings.export.destinations]
+    configured = [d.name for d in context.settings.export.destinations]
+    destinations = queries.routed_destinations(
+        session, study_uid=study_uid, destinations=configured
+    )
     added = queries.add_missing_exports(session, study_uid=study_uid, destinations=destinations)
     reason = None
     if not requeued and not added:

@@ -374,3 +374,68 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     # A few identifiers or counts (a reason, the fields an admin changed); never values of them.
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class RoutingAction:
+    """Values of ``RoutingDecision.action``."""
+
+    ANALYSE = "analyse"
+    IGNORE = "ignore"  # not for this node: analysed by nobody
+
+
+class RoutingDecision(Base):
+    """What the routing rules decided for one received study (one row per request event).
+
+    Written by the worker's router before the study is queued for analysis, so that a study
+    "not for this node" is on record with the rule that said so (migration 0007).
+    """
+
+    __tablename__ = "routing_decisions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    request_event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    rule: Mapped[str | None] = mapped_column(String(64))  # None: no rule matched
+    action: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[str] = mapped_column(String(16))  # stat, routine
+    model_set: Mapped[str] = mapped_column(String(64))
+    # Names of EXPORT__DESTINATIONS the results go to; None: every destination.
+    destinations: Mapped[list[str] | None] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    # The attributes the rules looked at (modalities, body parts, descriptions, AE titles).
+    facts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    decided_at: Mapped[dt.datetime]
+
+
+class DeliveryStatus:
+    PENDING = "pending"  # not yet delivered, or to be retried at next_attempt_at
+    SENT = "sent"
+    FAILED = "failed"  # given up after the last attempt
+
+
+class WebhookDelivery(Base):
+    """One notification to one webhook, with its attempts and outcome (migration 0007)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(String(36), unique=True)  # sent as a header
+    webhook: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))  # analysis.completed, ... (WEBHOOK_EVENTS)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    analysis_id: Mapped[int | None] = mapped_column(
+        ForeignKey("analyses.id", ondelete="CASCADE"), index=True
+    )
+    body: Mapped[bytes] = mapped_column(LargeBinary)  # the exact bytes signed and sent
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Each attempt: {"at", "http_status", "error"}, oldest first.
+    outcomes: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime]
+    next_attempt_at: Mapped[dt.datetime | None]
+    sent_at: Mapped[dt.datetime | None]
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_until: Mapped[dt.datetime | None]
