@@ -5,18 +5,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.pipeline import Models, analyse, scan_folder
+from inference_worker.pipeline import Models, analyse, analyse_volumes, scan_folder
+from inference_worker.selection import Role
 from inference_worker.volume import load_series
 from models import predict
 from models.registry import Task, manifest_for
 from models.synthetic import generate_case
-from models.synthetic.acquisition import SeriesProtocol, grid_points, sample
+from models.synthetic.acquisition import (
+    SeriesProtocol,
+    acquire,
+    grid_points,
+    label_on_grid,
+    sample,
+)
 from models.synthetic.dicom import ScannerProfile, write_dicom_study
-from models.training.data import make_example
+from models.training.data import as_volume, make_example, random_protocol
 
 # Held out from training (seeds 0.. and 50000..) and from the benchmark (500000..).
 GLIOMA_SEED = 720_002
 CLASSIFY_SEED = 720_006
+PITUITARY_SEED = 720_010
 
 # As a clinical protocol takes a head: slabs from above the vertex down to the neck (axial
 # slabs centred 40-50 mm below the brain's centre), a 12-degree oblique T2, a 1 mm 3D T1CE.
@@ -51,6 +59,9 @@ FULL_HEAD = ScannerProfile(
         ),
     },
 )
+
+
+ROLES = {"t1": Role.T1, "t1ce": Role.T1CE, "t2": Role.T2, "flair": Role.FLAIR}
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +105,30 @@ def test_a_full_head_study_has_no_tumour_outside_the_skull(tmp_path, models) -> 
     assert findings.classification is not None
     assert cam.plane_index in findings.classification.planes
     assert findings.brain is not None and findings.brain.volume_ml > 500
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue #12: the shipped brain-extraction weights were trained before the generator "
+    "counted the pituitary fossa as intracranial; they keep 23-97 % of a whole head's pituitary "
+    "tumour (this case: less than 90 %). Retrain with python -m models.brain.train.",
+)
+def test_brain_extraction_keeps_a_pituitary_tumour_in_its_fossa(models) -> None:  # type: ignore[no-untyped-def]
+    """The sella lies below the brain, between the skull base's bones: an intracranial mask that
+    stops at the brain's surface cuts a pituitary tumour off, and every finding with it."""
+    case = generate_case(PITUITARY_SEED, "pituitary", voxel_mm=2.0, full_head=True)
+    rng = np.random.default_rng(PITUITARY_SEED)
+    volumes = {
+        ROLES[m]: as_volume(acquire(case, random_protocol(m, rng, full_head=True), rng))
+        for m in ROLES
+    }
+    analysis = analyse_volumes(f"2.25.{PITUITARY_SEED}", volumes, models)
+
+    assert analysis.grid is not None and analysis.intracranial is not None
+    tumour = label_on_grid(case, analysis.grid.affine, analysis.grid.shape) > 0
+    assert tumour.sum() > 50
+    kept = float((tumour & analysis.intracranial).sum()) / float(tumour.sum())
+    assert kept > 0.9, f"only {kept:.0%} of the pituitary tumour inside the extracted brain"
 
 
 def test_the_class_is_decided_on_the_tumour_planes_not_on_the_detectors_surest(models) -> None:  # type: ignore[no-untyped-def]
