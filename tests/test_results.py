@@ -9,14 +9,12 @@ the segmentation back.
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 import io
 import re
 import shutil
 import subprocess
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+from pypdf import PdfReader
 
 from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
 from inference_worker.results import SERIES_OFFSETS, ResultObject, build_result_objects
@@ -424,7 +423,10 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
     assert f"{volumes['WT']:.2f}" in text and f"{volumes['ET']:.2f}" in text
     assert "glioma" in text and "0.910" in text and "0.97" in text
     assert MODELS["segmentation"].name in text and MODELS["classification"].name in text
-    assert study.series["t1ce"].series_instance_uid[:30] in text
+    # Whole UIDs, in lines where they are wider than their cells.
+    unbroken = re.sub(r"(?<=[\d.]) (?=[\d.])", "", text)
+    assert study.series["t1ce"].series_instance_uid in unbroken
+    assert study.study_instance_uid in unbroken
     assert "Key images" in text and "green: whole tumour" in text
     # Where the class was decided, and the intracranial volume.
     assert "Class decided on axial planes 61-63, 65 of the 2 mm analysis grid" in text
@@ -433,14 +435,12 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
 
 
 def pdf_text(document: bytes) -> str:
-    """The strings reportlab drew on the pages (its streams are ASCII85 over Flate)."""
-    texts = []
-    pattern = rb"/Filter \[ /ASCII85Decode /FlateDecode \] /Length (\d+)\s*>>\s*stream\r?\n"
-    for match in re.finditer(pattern, document):
-        raw = document[match.end() : match.end() + int(match.group(1))]
-        content = zlib.decompress(base64.a85decode(raw.rstrip().removesuffix(b"~>")))
-        texts += re.findall(rb"\((.*?)\) Tj", content)
-    return "\n".join(t.decode("latin-1").replace("\\(", "(").replace("\\)", ")") for t in texts)
+    """The text of every page, as pypdf extracts it, each run of white space made one space.
+
+    Joining the lines lets an assertion span a line that the layout wrapped.
+    """
+    reader = PdfReader(io.BytesIO(document))
+    return " ".join(" ".join(page.extract_text() or "" for page in reader.pages).split())
 
 
 @pytest.mark.parametrize("tumour", [True, False], ids=["tumour", "no-tumour"])
@@ -810,3 +810,36 @@ def test_the_pdf_report_prints_dates_as_readers_expect() -> None:
     assert rows["Study"] == "— (2026-01-05)"
     source.PatientBirthDate = ""
     assert dict(_patient_rows(source))["Birth date / sex"] == "— / F"
+
+
+def test_the_pdf_embeds_every_font_it_uses(written: Written) -> None:
+    """Standard fonts are not embedded: a viewer's substitute of other widths clips the text."""
+    _, paths = written
+    pdf = dcmread(paths["pdf"])
+    reader = PdfReader(io.BytesIO(bytes(pdf.EncapsulatedDocument)))
+    fonts = {}
+    for page in reader.pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            fonts[str(font["/BaseFont"])] = "/FontFile2" in font.get("/FontDescriptor", {})
+    assert fonts and all(fonts.values()), fonts
+    assert any(name.endswith("VeraSans-Bold") for name in fonts)  # the banner, the headings
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["1.2.826.0.1.3680043.8.498.92279182876676722312242176498758836285", "2.25." + "9" * 39],
+)
+@pytest.mark.parametrize("width_mm", [20, 70, 125])
+def test_uids_are_cut_into_lines_that_fit_their_cell(uid: str, width_mm: float) -> None:
+    from reportlab.lib.units import mm
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from inference_worker.results.pdf import FONT, uid_lines
+
+    lines = uid_lines(uid, width_mm * mm)
+    assert "".join(lines) == uid
+    assert all(stringWidth(line, FONT, 8) <= width_mm * mm for line in lines)
+    assert (len(lines) == 1) is (width_mm == 125)  # 64 digits fit the patient table's cell
+    if len(lines) > 1:
+        assert lines[0].endswith(".")  # broken after a dot where one fits
