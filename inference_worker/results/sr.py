@@ -205,10 +205,10 @@ def _region_groups(
 ]:
     """One group per region with its volume, referencing its segment in ``seg``.
 
-    A region that no reference frame shows (a few voxels on the analysis grid, lost when the
-    masks were resampled onto the frames: its segment is empty) gets a TID 1501 group instead,
-    tracked as its segment, its volume inferred from ``where`` as the findings' measurements
-    are (TID 1411 allows no image coordinates, and a viewer needs some).
+    A region that no reference frame shows (none found, 0 mL, or a few voxels of the analysis
+    grid lost when the masks were resampled onto the frames: its segment is empty) gets a TID
+    1501 group instead, tracked as its segment, its volume inferred from ``where`` as the
+    findings' measurements are (TID 1411 allows no image coordinates, and a viewer needs some).
     """
     segmentation = analysis.findings.segmentation
     if segmentation is None or not tumour_found(analysis.findings):
