@@ -9,14 +9,12 @@ the segmentation back.
 
 from __future__ import annotations
 
-import base64
 import copy
 import dataclasses
 import io
 import re
 import shutil
 import subprocess
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +26,13 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import EnhancedMRImageStorage, ExplicitVRLittleEndian, generate_uid
+from pypdf import PdfReader
 
 from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
 from inference_worker.results import SERIES_OFFSETS, ResultObject, build_result_objects
 from inference_worker.results.capture import build_gradcam, overlay_png
-from inference_worker.results.seg import build_seg
+from inference_worker.results.contour import largest_part, outline_polygon
+from inference_worker.results.seg import SEGMENTS, build_seg
 from inference_worker.results.sr import build_sr
 from inference_worker.volume import load_series
 from models.imaging import Volume
@@ -383,6 +383,115 @@ def test_the_sr_measures_each_region_on_its_seg_segment(
     assert float(volume.value) == pytest.approx(1432.5)
 
 
+def test_the_sr_outlines_each_region_on_the_key_image_tracked_as_its_segment(
+    written: Written, reference: Reference
+) -> None:
+    _, paths = written
+    seg, sr = dcmread(paths["seg"]), dcmread(paths["sr"])
+    report = _report(sr)
+    volumetric = {
+        str(g.tracking_identifier): g for g in report.get_volumetric_roi_measurement_groups()
+    }
+    planar = report.get_planar_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in planar] == [r.label for r in SEGMENTS]
+    segments = {str(s.SegmentLabel): s for s in seg.SegmentSequence}
+    wt = reference.masks["WT"]
+    key = int(np.argmax(wt.reshape(len(wt), -1).sum(axis=1)))  # the largest whole-tumour slice
+    spacing = reference.datasets()[0].PixelSpacing
+    for group, region in zip(planar, SEGMENTS, strict=True):
+        # One finding, two groups: the volume on the SEG segment, the outline on the key image.
+        assert str(group.tracking_uid) == segments[region.label].TrackingUID
+        assert str(group.tracking_uid) == str(volumetric[region.label].tracking_uid)
+        mask = reference.masks[region.key]
+        index = key if mask[key].any() else int(np.argmax(mask.reshape(len(mask), -1).sum(1)))
+        scoord = group.roi
+        assert scoord is not None and scoord.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = scoord.value
+        assert (points[0] == points[-1]).all()  # closed
+        (image,) = scoord.ContentSequence
+        referenced = image.ReferencedSOPSequence[0]
+        assert (
+            referenced.ReferencedSOPInstanceUID == reference.volume.frames[index].sop_instance_uid
+        )
+        # The outline encloses exactly the region's largest part on that image.
+        x, y = points[:, 0], points[:, 1]
+        enclosed = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+        assert enclosed == largest_part(mask[index]).sum() >= 0.9 * mask[index].sum()
+        (area,) = group.get_measurements(name=hd.sr.CodedConcept("42798000", "SCT", "Area"))
+        assert area.unit.value == "mm2"
+        expected = mask[index].sum() * float(spacing[0]) * float(spacing[1])
+        assert float(area.value) == pytest.approx(expected, abs=0.05)
+    assert planar[0].roi is not None
+    assert planar[0].roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        reference.volume.frames[key].sop_instance_uid
+    )
+    assert viewer_unplaceable_groups(sr) == []
+
+
+def test_a_region_no_frame_shows_has_its_volume_placed_on_the_key_image(
+    study: SyntheticStudy, reference: Reference, tmp_path: Path
+) -> None:
+    """A few enhancing voxels on the analysis grid can vanish when resampled onto the frames."""
+    analysis = _analysis(study, reference)
+    assert analysis.masks is not None
+    masks = {**analysis.masks.masks, "ET": np.zeros_like(analysis.masks.masks["ET"])}
+    analysis = dataclasses.replace(analysis, masks=dataclasses.replace(analysis.masks, masks=masks))
+    objects = {
+        o.kind: o.dataset for o in build_result_objects(analysis, reference.datasets(), SETTINGS)
+    }
+    sr = objects["sr"]
+    report = _report(sr)
+    assert [str(g.tracking_identifier) for g in report.get_planar_roi_measurement_groups()] == [
+        "Whole tumour",
+        "Tumour core",
+    ]
+    volumetric = report.get_volumetric_roi_measurement_groups()
+    assert [str(g.tracking_identifier) for g in volumetric] == ["Whole tumour", "Tumour core"]
+    # The empty segment's volume, still reported and tracked as the segment, on the key image.
+    (enhancing,) = (
+        g
+        for g in report.get_image_measurement_groups()
+        if str(g.tracking_identifier) == "Enhancing tumour"
+    )
+    segment = next(
+        s for s in objects["seg"].SegmentSequence if s.SegmentLabel == "Enhancing tumour"
+    )
+    assert str(enhancing.tracking_uid) == segment.TrackingUID
+    (volume,) = enhancing.get_measurements()
+    assert float(volume.value) == analysis.findings.segmentation.volumes_ml["ET"] > 0
+    assert viewer_unplaceable_groups(sr) == []
+    if shutil.which("dciodvfy"):
+        path = tmp_path / "sr.dcm"
+        sr.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == []
+
+
+def viewer_unplaceable_groups(sr: Dataset) -> list[str]:
+    """Tracking identifiers of findings with no image coordinates, which OHIF 3.13 fails on.
+
+    OHIF merges the groups of one Tracking Unique Identifier; each finding needs an SCOORD or
+    SCOORD3D in a group, or one under (INFERRED FROM) every NUM of it.
+    """
+    root = sr.ContentSequence
+    measurements = next(i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "126010")
+    placed: dict[str, bool] = {}
+    names: dict[str, str] = {}
+    for group in measurements.ContentSequence:
+        items = list(group.ContentSequence)
+        uid = next(str(i.UID) for i in items if i.ValueType == "UIDREF" and "UID" in i)
+        names[uid] = next(str(i.TextValue) for i in items if i.ValueType == "TEXT")
+        nums = [i for i in items if i.ValueType == "NUM"]
+        here = any(i.ValueType in ("SCOORD", "SCOORD3D") for i in items) or (
+            bool(nums)
+            and all(
+                any(c.ValueType in ("SCOORD", "SCOORD3D") for c in n.get("ContentSequence", []))
+                for n in nums
+            )
+        )
+        placed[uid] = placed.get(uid, False) or here
+    return [names[uid] for uid, ok in placed.items() if not ok]
+
+
 def _content_values(item: Dataset) -> set[str]:
     """Every TEXT and UIDREF value in an SR content tree."""
     values = {str(item[k].value) for k in ("TextValue", "UID") if k in item}
@@ -424,7 +533,10 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
     assert f"{volumes['WT']:.2f}" in text and f"{volumes['ET']:.2f}" in text
     assert "glioma" in text and "0.910" in text and "0.97" in text
     assert MODELS["segmentation"].name in text and MODELS["classification"].name in text
-    assert study.series["t1ce"].series_instance_uid[:30] in text
+    # Whole UIDs, in lines where they are wider than their cells.
+    unbroken = re.sub(r"(?<=[\d.]) (?=[\d.])", "", text)
+    assert study.series["t1ce"].series_instance_uid in unbroken
+    assert study.study_instance_uid in unbroken
     assert "Key images" in text and "green: whole tumour" in text
     # Where the class was decided, and the intracranial volume.
     assert "Class decided on axial planes 61-63, 65 of the 2 mm analysis grid" in text
@@ -433,14 +545,12 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
 
 
 def pdf_text(document: bytes) -> str:
-    """The strings reportlab drew on the pages (its streams are ASCII85 over Flate)."""
-    texts = []
-    pattern = rb"/Filter \[ /ASCII85Decode /FlateDecode \] /Length (\d+)\s*>>\s*stream\r?\n"
-    for match in re.finditer(pattern, document):
-        raw = document[match.end() : match.end() + int(match.group(1))]
-        content = zlib.decompress(base64.a85decode(raw.rstrip().removesuffix(b"~>")))
-        texts += re.findall(rb"\((.*?)\) Tj", content)
-    return "\n".join(t.decode("latin-1").replace("\\(", "(").replace("\\)", ")") for t in texts)
+    """The text of every page, as pypdf extracts it, each run of white space made one space.
+
+    Joining the lines lets an assertion span a line that the layout wrapped.
+    """
+    reader = PdfReader(io.BytesIO(document))
+    return " ".join(" ".join(page.extract_text() or "" for page in reader.pages).split())
 
 
 @pytest.mark.parametrize("tumour", [True, False], ids=["tumour", "no-tumour"])
@@ -548,6 +658,8 @@ def test_a_tumour_free_study_gets_an_absent_sr_and_a_plain_pdf_and_nothing_else(
     assert float(volume.value) == pytest.approx(1432.5) and volume.unit.value == "ml"
     assert MODELS["brain_extraction"].name in _content_values(sr)
     assert len(groups) == 2  # no tumour class, no tumour volumes
+    assert report.get_planar_roi_measurement_groups() == []
+    assert viewer_unplaceable_groups(sr) == []  # both inferred from the series' middle image
     assert "CodingSchemeIdentificationSequence" not in sr  # nothing private to declare
     codes_used = _code_values(sr)
     assert not codes_used & {"C3059", "C3230", "C3329", "52988006", "C113842"}
@@ -810,3 +922,53 @@ def test_the_pdf_report_prints_dates_as_readers_expect() -> None:
     assert rows["Study"] == "— (2026-01-05)"
     source.PatientBirthDate = ""
     assert dict(_patient_rows(source))["Birth date / sex"] == "— / F"
+
+
+def test_the_pdf_embeds_every_font_it_uses(written: Written) -> None:
+    """Standard fonts are not embedded: a viewer's substitute of other widths clips the text."""
+    _, paths = written
+    pdf = dcmread(paths["pdf"])
+    reader = PdfReader(io.BytesIO(bytes(pdf.EncapsulatedDocument)))
+    fonts = {}
+    for page in reader.pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            fonts[str(font["/BaseFont"])] = "/FontFile2" in font.get("/FontDescriptor", {})
+    assert fonts and all(fonts.values()), fonts
+    assert any(name.endswith("VeraSans-Bold") for name in fonts)  # the banner, the headings
+
+
+@pytest.mark.parametrize(
+    "uid",
+    ["1.2.826.0.1.3680043.8.498.92279182876676722312242176498758836285", "2.25." + "9" * 39],
+)
+@pytest.mark.parametrize("width_mm", [20, 70, 125])
+def test_uids_are_cut_into_lines_that_fit_their_cell(uid: str, width_mm: float) -> None:
+    from reportlab.lib.units import mm
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    from inference_worker.results.pdf import FONT, uid_lines
+
+    lines = uid_lines(uid, width_mm * mm)
+    assert "".join(lines) == uid
+    assert all(stringWidth(line, FONT, 8) <= width_mm * mm for line in lines)
+    assert (len(lines) == 1) is (width_mm == 125)  # 64 digits fit the patient table's cell
+    if len(lines) > 1:
+        assert lines[0].endswith(".")  # broken after a dot where one fits
+
+
+def test_the_outline_encloses_exactly_the_largest_part() -> None:
+    square = np.zeros((6, 6), dtype=bool)
+    square[1:3, 1:4] = True  # rows 1-2, columns 1-3
+    square[4, 5] = True  # a smaller part apart from it
+    assert outline_polygon(square).tolist() == [[1, 1], [4, 1], [4, 3], [1, 3], [1, 1]]
+    rng = np.random.default_rng(7)  # ragged parts: diagonal touches, holes, notches
+    for _ in range(50):
+        mask = rng.random((16, 16)) > 0.4
+        polygon = outline_polygon(mask)
+        x, y = polygon[:, 0], polygon[:, 1]
+        enclosed = 0.5 * abs(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]))
+        assert (polygon[0] == polygon[-1]).all()
+        assert enclosed == largest_part(mask).sum()
+    with pytest.raises(ValueError, match="empty"):
+        outline_polygon(np.zeros((4, 4), dtype=bool))

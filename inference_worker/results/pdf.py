@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,8 +24,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from reportlab.lib import colors
 from reportlab.lib.pagesizes import A4
-from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+from reportlab.lib.styles import ParagraphStyle, StyleSheet1, getSampleStyleSheet
 from reportlab.lib.units import mm
+from reportlab.lib.utils import simpleSplit
+from reportlab.pdfbase import pdfmetrics
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.platypus import (
     Image,
@@ -66,6 +70,54 @@ DISCLAIMER = (
 )
 _KEY_IMAGE_MM = 75.0
 _KEY_IMAGE_PIXELS = 480  # key images are enlarged to about this width
+_FOOTER_POINTS = 7.0
+_CELL_PADDING = 12  # points, left plus right, of a reportlab table cell (6 + 6)
+_UID_POINTS = 8.0  # UIDs are set smaller than the body text: 64 digits fit in 125 mm
+
+# Bitstream Vera, shipped with reportlab, embedded in the PDF. The standard 14 fonts (Helvetica)
+# are not embedded: a viewer substitutes a font of other widths, and Chromium's viewer then clips
+# the banner and lets the Study Instance UID run past its cell.
+FONT, FONT_BOLD, FONT_ITALIC, FONT_BOLD_ITALIC = (
+    "Vera",
+    "Vera-Bold",
+    "Vera-Italic",
+    "Vera-BoldItalic",
+)
+_FONT_FILES = {FONT: "Vera.ttf", FONT_BOLD: "VeraBd.ttf", FONT_ITALIC: "VeraIt.ttf"}
+_FONT_FILES[FONT_BOLD_ITALIC] = "VeraBI.ttf"
+_TABLE_FONT = ("FONTNAME", (0, 0), (-1, -1), FONT)  # a table sets it before its cells, even
+# when they hold paragraphs; its default is Helvetica
+_STANDARD_TO_EMBEDDED = {
+    "Helvetica": FONT,
+    "Helvetica-Bold": FONT_BOLD,
+    "Helvetica-Oblique": FONT_ITALIC,
+    "Helvetica-BoldOblique": FONT_BOLD_ITALIC,
+}
+
+
+def _register_fonts() -> None:
+    """Register the Vera family once, so that ``<b>`` and ``<i>`` in paragraphs use it too."""
+    if FONT in pdfmetrics.getRegisteredFontNames():
+        return
+    for name, filename in _FONT_FILES.items():
+        pdfmetrics.registerFont(TTFont(name, filename))  # found on reportlab's own font path
+    pdfmetrics.registerFontFamily(
+        FONT, normal=FONT, bold=FONT_BOLD, italic=FONT_ITALIC, boldItalic=FONT_BOLD_ITALIC
+    )
+
+
+def _styles() -> StyleSheet1:
+    """reportlab's sample style sheet, every style in the embedded Vera family."""
+    _register_fonts()
+    styles = getSampleStyleSheet()
+    for name in styles.byName:
+        style = styles[name]
+        if isinstance(style, ParagraphStyle):  # the sheet's list styles set no fonts
+            style.fontName = _STANDARD_TO_EMBEDDED.get(style.fontName, style.fontName)
+            style.bulletFontName = _STANDARD_TO_EMBEDDED.get(
+                style.bulletFontName, style.bulletFontName
+            )
+    return styles
 
 
 def _png(rgb: np.ndarray) -> bytes:
@@ -101,13 +153,25 @@ def outline_png(masks: RegionMasks, index: int, source_datasets: Sequence[Datase
     return _png(draw_outlines(plane, regions))
 
 
-def _table(rows: list[list[str]], widths: Sequence[float] | None = None) -> Table:
-    style = getSampleStyleSheet()["BodyText"]
-    cells = [[Paragraph(_escape(cell), style) for cell in row] for row in rows]
+def _table(
+    rows: list[list[str]],
+    widths: Sequence[float] | None = None,
+    uid_cells: Sequence[tuple[int, int]] = (),
+) -> Table:
+    """A grid of paragraphs; the cells at ``uid_cells`` (row, column) hold UIDs (needs widths)."""
+    style = _styles()["BodyText"]
+    cells: list[list[Flowable]] = [
+        [Paragraph(_escape(cell), style) for cell in row] for row in rows
+    ]
+    for row, column in uid_cells:
+        if widths is None:
+            raise ValueError("UID cells need column widths")
+        cells[row][column] = uid_paragraph(rows[row][column], widths[column] - _CELL_PADDING)
     table = Table(cells, colWidths=widths, hAlign="LEFT")
     table.setStyle(
         TableStyle(
             [
+                _TABLE_FONT,
                 ("GRID", (0, 0), (-1, -1), 0.25, colors.grey),
                 ("BACKGROUND", (0, 0), (-1, 0), colors.whitesmoke),
                 ("VALIGN", (0, 0), (-1, -1), "TOP"),
@@ -115,6 +179,40 @@ def _table(rows: list[list[str]], widths: Sequence[float] | None = None) -> Tabl
         )
     )
     return table
+
+
+def uid_lines(uid: str, width: float) -> list[str]:
+    """``uid`` in lines no wider than ``width`` points in the UID font, broken after dots.
+
+    A component wider than a line on its own (the 39 digits of a ``2.25.`` UID) is cut where it
+    fills the line. A UID has no spaces, so a paragraph would not break it and it would run past
+    its cell.
+    """
+    _register_fonts()
+
+    def fits(text: str) -> bool:
+        return pdfmetrics.stringWidth(text, FONT, _UID_POINTS) <= width
+
+    lines, line = [], ""
+    for part in re.findall(r"[^.]+\.?|\.", uid):
+        if fits(line + part):
+            line += part
+            continue
+        if line:
+            lines.append(line)
+        while not fits(part):
+            cut = max(1, max(n for n in range(len(part) + 1) if fits(part[:n])))
+            lines.append(part[:cut])
+            part = part[cut:]
+        line = part
+    return [*lines, line] if line else lines
+
+
+def uid_paragraph(uid: str, width: float) -> Paragraph:
+    """A UID in a smaller font, in as many lines as it needs to fit ``width`` points."""
+    style = ParagraphStyle("uid", parent=_styles()["BodyText"], fontName=FONT)
+    style.fontSize, style.leading = _UID_POINTS, _UID_POINTS * 1.2
+    return Paragraph("<br/>".join(_escape(line) for line in uid_lines(uid, width)), style)
 
 
 def _escape(text: object) -> str:
@@ -272,12 +370,13 @@ def _series_and_models(analysis: Analysis, heading: ParagraphStyle) -> list[Flow
         [task, m.name, m.version, m.sha256[:16] + "…"]
         for task, m in sorted(findings.models.items())
     ]
+    uids = [(row, 1) for row, cells in enumerate(series_rows) if row and cells[1] != "missing"]
     return [
         Paragraph("Series", heading),
-        _table(series_rows, [22 * mm, 70 * mm, 78 * mm]),
+        _table(series_rows, [22 * mm, 70 * mm, 78 * mm], uids),
         Paragraph("Models", heading),
         _table(model_rows),
-        Paragraph(f"{MODEL_NAME} {SOFTWARE_VERSION}", getSampleStyleSheet()["BodyText"]),
+        Paragraph(f"{MODEL_NAME} {SOFTWARE_VERSION}", _styles()["BodyText"]),
     ]
 
 
@@ -288,7 +387,7 @@ def _key_images(
     if not tumour_found(analysis.findings):
         return []
     cells: list[list[Flowable]] = [[], []]
-    caption = getSampleStyleSheet()["BodyText"]
+    caption = _styles()["BodyText"]
     grad_cam = analysis.grad_cam
     if grad_cam is not None and grad_cam.label == assigned_class(analysis.findings):
         cells[0].append(_image(overlay_png(grad_cam)))
@@ -313,7 +412,8 @@ def _key_images(
         )
     if not cells[0]:
         return []
-    return [KeepTogether([Paragraph("Key images", heading), Table(cells, hAlign="LEFT")])]
+    images = Table(cells, hAlign="LEFT", style=TableStyle([_TABLE_FONT]))
+    return [KeepTogether([Paragraph("Key images", heading), images])]
 
 
 def _frame_name(masks: RegionMasks, index: int, source_datasets: Sequence[Dataset]) -> str:
@@ -323,6 +423,23 @@ def _frame_name(masks: RegionMasks, index: int, source_datasets: Sequence[Datase
         return f"frame {ref.frame_number}"
     source = next(ds for ds in source_datasets if ds.SOPInstanceUID == ref.sop_instance_uid)
     return f"image {source.get('InstanceNumber', index + 1)}"
+
+
+def _banner(text: str, body: ParagraphStyle) -> Table:
+    """White bold text wrapped inside a dark red box the width of the page's frame."""
+    style = ParagraphStyle("banner", parent=body, textColor=colors.white, fontName=FONT_BOLD)
+    banner = Table([[Paragraph(_escape(text), style)]], colWidths=["100%"])
+    banner.setStyle(
+        TableStyle(
+            [
+                _TABLE_FONT,
+                ("BACKGROUND", (0, 0), (-1, -1), colors.darkred),
+                ("TOPPADDING", (0, 0), (-1, -1), 4),
+                ("BOTTOMPADDING", (0, 0), (-1, -1), 6),
+            ]
+        )
+    )
+    return banner
 
 
 def render_pdf(
@@ -338,16 +455,15 @@ def render_pdf(
     """
     if not source_datasets:
         raise ValueError("no source datasets to take the patient and study from")
-    styles = getSampleStyleSheet()
+    styles = _styles()
     heading, body = styles["Heading2"], styles["BodyText"]
-    warning = ParagraphStyle(
-        "warning", parent=body, textColor=colors.white, backColor=colors.darkred, borderPadding=4
-    )
+    patient = _patient_rows(source_datasets[0])
+    uid_row = next(n for n, (name, _) in enumerate(patient) if name == "Study Instance UID")
     story: list[Flowable] = [
         Paragraph(DOCUMENT_TITLE, styles["Title"]),
-        Paragraph(f"<b>{_escape(DISCLAIMER)}</b>", warning),
+        _banner(DISCLAIMER, body),
         Spacer(1, 4 * mm),
-        _table(_patient_rows(source_datasets[0]), [45 * mm, 125 * mm]),
+        _table(patient, [45 * mm, 125 * mm], [(uid_row, 1)]),
         *_findings(analysis, heading, body),
         *_follow_up(analysis, heading, body),
         *_key_images(analysis, source_datasets, heading),
@@ -355,10 +471,13 @@ def render_pdf(
     ]
     footer = f"{DISCLAIMER}  {settings.manufacturer} / {settings.station_name}"
 
+    footer_lines = simpleSplit(footer, FONT, _FOOTER_POINTS, A4[0] - 50 * mm)
+
     def on_page(canvas: Canvas, document: SimpleDocTemplate) -> None:
         canvas.saveState()
-        canvas.setFont("Helvetica", 7)
-        canvas.drawString(15 * mm, 10 * mm, footer[:160])
+        canvas.setFont(FONT, _FOOTER_POINTS)
+        for n, line in enumerate(reversed(footer_lines)):  # upwards from the bottom line
+            canvas.drawString(15 * mm, 10 * mm + n * _FOOTER_POINTS * 1.2, line)
         canvas.drawRightString(A4[0] - 15 * mm, 10 * mm, f"Page {document.page}")
         canvas.restoreState()
 
@@ -370,6 +489,7 @@ def render_pdf(
         rightMargin=15 * mm,
         topMargin=15 * mm,
         bottomMargin=18 * mm,
+        initialFontName=FONT,  # else every page declares a Helvetica it never uses
         title=DOCUMENT_TITLE,
         author=settings.manufacturer,
         subject=f"Study {source_datasets[0].get('StudyInstanceUID', '')}",

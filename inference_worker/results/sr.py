@@ -5,7 +5,12 @@ when the brain was extracted, one for the intracranial volume. When the detector
 also one for the tumour class (with the probability of each class and the planes it was decided
 on) and, when segmentation ran, one per region (WT, TC, ET) with its volume, pointing at the
 segment of the SEG that outlines it through the segment's tracking UID and a Referenced Segment
-item. With a follow-up comparison (``Findings.prior``), one more group per region: its volume
+item (TID 1411), and with the same tracking UID a planar ROI group (TID 1410) on the key image:
+the region's outline there as a closed SCOORD POLYLINE, and its area. Every other measurement
+(TID 1501 groups) is inferred from (TID 320) the key image, a closed POLYLINE on its bounds:
+OHIF 3.13 shows only measurements with image coordinates and fails on a report that has others.
+The key image is the reference frame with the largest whole-tumour area, else the series' middle
+image. With a follow-up comparison (``Findings.prior``), one more group per region: its volume
 now and at the prior study, the change in mL and in percent (DCM 125314 "Fractional Change"),
 in a Time Point Context (TID 1502) naming both study dates with the days since the prior.
 A tumour-free study's report says "Neoplasm: Absent" and holds no tumour class or volumes: the
@@ -18,12 +23,13 @@ import datetime as dt
 from collections.abc import Sequence
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from inference_worker.analysis import Analysis
+from inference_worker.analysis import Analysis, RegionMasks
 from inference_worker.results.common import (
     MODEL_NAME,
     device_uid,
@@ -31,7 +37,8 @@ from inference_worker.results.common import (
     stamp_equipment,
     tumour_found,
 )
-from inference_worker.results.pdf import readable_date
+from inference_worker.results.contour import outline_polygon
+from inference_worker.results.pdf import largest_tumour_frame, readable_date
 from inference_worker.results.seg import (
     ARTIFICIAL_INTELLIGENCE,
     MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
@@ -76,6 +83,9 @@ VOLUME_CHANGE = Code("VOLCHANGE", CLASS_SCHEME, "Volume change since prior study
 FRACTIONAL_CHANGE = codes.DCM.FractionalChange  # DCM 125314
 PERCENT = codes.UCUM.Percent
 DAY = Code("d", "UCUM", "day")
+AREA = codes.SCT.Area  # SCT 42798000
+SQUARE_MILLIMETRE = Code("mm2", "UCUM", "square millimeter")
+POLYLINE = hd.sr.GraphicTypeValues.POLYLINE  # SCOORD has no POLYGON: a closed POLYLINE
 BASELINE = codes.cid6146.Baseline  # the prior study is the comparison's baseline
 
 
@@ -101,12 +111,17 @@ def _tracking(identifier: str, settings: ResultSettings) -> hd.sr.TrackingIdenti
     return hd.sr.TrackingIdentifier(uid=new_uid(settings), identifier=identifier)
 
 
-def _probability(value: float, name: Code = PROBABILITY) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=round(float(value), 4), unit=NO_UNITS)
+Where = Sequence[hd.sr.CoordinatesForMeasurement]  # TID 320: what a measurement is inferred from
+
+
+def _probability(value: float, where: Where, name: Code = PROBABILITY) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=name, value=round(float(value), 4), unit=NO_UNITS, referenced_coordinates=where
+    )
 
 
 def _finding_groups(
-    analysis: Analysis, settings: ResultSettings
+    analysis: Analysis, settings: ResultSettings, where: Where
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Detection and classification: what was found, how likely, by which model."""
     findings, groups = analysis.findings, []
@@ -120,7 +135,7 @@ def _finding_groups(
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(NEOPLASM, PRESENT if detection.tumour else ABSENT)
                 ],
-                measurements=[_probability(detection.probability)],
+                measurements=[_probability(detection.probability, where)],
             )
         )
     if tumour_found(findings) and findings.classification is not None:
@@ -143,9 +158,9 @@ def _finding_groups(
                     planes if classification.planes else (),
                 ),
                 measurements=[
-                    _probability(classification.probabilities.get(label, 0.0)),
+                    _probability(classification.probabilities.get(label, 0.0), where),
                     *(
-                        _probability(p, class_code(name))
+                        _probability(p, where, class_code(name))
                         for name, p in sorted(classification.probabilities.items())
                     ),
                 ],
@@ -163,6 +178,7 @@ def _finding_groups(
                         name=VOLUME,
                         value=round(float(findings.brain.volume_ml), 1),
                         unit=MILLILITRE,
+                        referenced_coordinates=where,
                     )
                 ],
             )
@@ -170,32 +186,61 @@ def _finding_groups(
     return groups
 
 
-def _volume(millilitres: float) -> hd.sr.Measurement:
+def _volume(millilitres: float, where: Where = ()) -> hd.sr.Measurement:
     """A region's volume as TID 1500 measures it: summed voxels, in mL."""
     return hd.sr.Measurement(
-        name=VOLUME, value=round(float(millilitres), 2), unit=MILLILITRE, method=SUM_OF_VOXELS
+        name=VOLUME,
+        value=round(float(millilitres), 2),
+        unit=MILLILITRE,
+        method=SUM_OF_VOXELS,
+        referenced_coordinates=where or None,
     )
 
 
 def _region_groups(
-    analysis: Analysis, seg: Dataset
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
-    """One group per region with its volume, referencing its segment in ``seg``."""
+    analysis: Analysis, seg: Dataset, where: Where
+) -> list[
+    hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+]:
+    """One group per region with its volume, referencing its segment in ``seg``.
+
+    A region that no reference frame shows (none found, 0 mL, or a few voxels of the analysis
+    grid lost when the masks were resampled onto the frames: its segment is empty) gets a TID
+    1501 group instead, tracked as its segment, its volume inferred from ``where`` as the
+    findings' measurements are (TID 1411 allows no image coordinates, and a viewer needs some).
+    """
     segmentation = analysis.findings.segmentation
     if segmentation is None or not tumour_found(analysis.findings):
         return []
     algorithm = _algorithm(analysis.findings.models.get("segmentation"))
     source_series = str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)
     tracking_uids = {int(item.SegmentNumber): str(item.TrackingUID) for item in seg.SegmentSequence}
-    groups = []
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
+    ] = []
     for region in SEGMENTS:
         if region.key not in segmentation.volumes_ml:
             continue
+        tracking = hd.sr.TrackingIdentifier(
+            uid=tracking_uids[region.number], identifier=region.label
+        )
+        volume = segmentation.volumes_ml[region.key]
+        if not _outlined(analysis.masks, region.key):
+            groups.append(
+                hd.sr.MeasurementsAndQualitativeEvaluations(
+                    tracking_identifier=tracking,
+                    finding_type=region.property_type,
+                    finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                    algorithm_id=algorithm,
+                    measurements=[_volume(volume, where)],
+                )
+            )
+            continue
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=tracking_uids[region.number], identifier=region.label
-                ),
+                tracking_identifier=tracking,
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=str(seg.SOPClassUID),
                     sop_instance_uid=str(seg.SOPInstanceUID),
@@ -205,14 +250,120 @@ def _region_groups(
                 finding_type=region.property_type,
                 finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
                 algorithm_id=algorithm,
-                measurements=[_volume(segmentation.volumes_ml[region.key])],
+                measurements=[_volume(volume)],
             )
         )
     return groups
 
 
+def _outlined(masks: RegionMasks | None, region: str) -> bool:
+    """Whether a region gets a planar group: some reference frame shows it."""
+    return masks is not None and bool(masks.masks[region].any())
+
+
+def _planar_groups(
+    analysis: Analysis, source_datasets: Sequence[Dataset], seg: Dataset
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """Per region, its outline and area on the key image (TID 1410), tracked as its segment.
+
+    A region absent from the key image (a small enhancing part) is outlined on the frame where
+    its own area is largest.
+    """
+    masks, segmentation = analysis.masks, analysis.findings.segmentation
+    if masks is None or segmentation is None or not tumour_found(analysis.findings):
+        return []
+    key = largest_tumour_frame(masks)
+    algorithm = _algorithm(analysis.findings.models.get("segmentation"))
+    tracking_uids = {int(item.SegmentNumber): str(item.TrackingUID) for item in seg.SegmentSequence}
+    groups = []
+    for region in SEGMENTS:
+        mask = masks.masks[region.key]
+        areas = mask.reshape(len(mask), -1).sum(axis=1)
+        if region.key not in segmentation.volumes_ml or not _outlined(masks, region.key):
+            continue
+        index = key if key is not None and areas[key] else int(np.argmax(areas))
+        source, frame = _frame_source(masks, index, source_datasets)
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=tracking_uids[region.number], identifier=region.label
+                ),
+                referenced_region=hd.sr.ImageRegion(
+                    graphic_type=POLYLINE,
+                    graphic_data=outline_polygon(mask[index]),
+                    source_image=_source_image(source, frame),
+                ),
+                finding_type=region.property_type,
+                finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
+                algorithm_id=algorithm,
+                measurements=[
+                    hd.sr.Measurement(
+                        name=AREA,
+                        value=round(float(areas[index]) * _pixel_area_mm2(source, frame), 1),
+                        unit=SQUARE_MILLIMETRE,
+                    )
+                ],
+            )
+        )
+    return groups
+
+
+def _frame_source(
+    masks: RegionMasks, index: int, source_datasets: Sequence[Dataset]
+) -> tuple[Dataset, int | None]:
+    ref = masks.frames[index]
+    source = next(ds for ds in source_datasets if ds.SOPInstanceUID == ref.sop_instance_uid)
+    return source, ref.frame_number
+
+
+def _key_image(
+    analysis: Analysis, source_datasets: Sequence[Dataset]
+) -> tuple[Dataset, int | None]:
+    """The frame with the largest whole-tumour area, else the series' middle image or frame."""
+    masks = analysis.masks
+    index = largest_tumour_frame(masks) if masks is not None else None
+    if masks is not None and index is not None and tumour_found(analysis.findings):
+        return _frame_source(masks, index, source_datasets)
+    ordered = sorted(source_datasets, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
+    middle = ordered[len(ordered) // 2]
+    frames = int(middle.get("NumberOfFrames", 1) or 1)
+    return middle, (frames + 1) // 2 if frames > 1 else None
+
+
+def _source_image(source: Dataset, frame: int | None) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion.from_source_image(
+        source, referenced_frame_numbers=[frame] if frame is not None else None
+    )
+
+
+def _whole_image(source: Dataset, frame: int | None) -> hd.sr.CoordinatesForMeasurement:
+    """The bounds of a source image, as the region a whole-series measurement is inferred from."""
+    rows, cols = float(source.Rows), float(source.Columns)
+    corners = np.array([[0.0, 0.0], [cols, 0.0], [cols, rows], [0.0, rows], [0.0, 0.0]])
+    return hd.sr.CoordinatesForMeasurement(POLYLINE, corners, _source_image(source, frame))
+
+
+def _pixel_area_mm2(source: Dataset, frame: int | None) -> float:
+    """Row spacing times column spacing of a frame, in mm² (multi-frame: its functional groups)."""
+    spacing = source.get("PixelSpacing")
+    if spacing is None:
+        for groups in (
+            source.get("PerFrameFunctionalGroupsSequence", [])[(frame or 1) - 1 :][:1],
+            source.get("SharedFunctionalGroupsSequence", []),
+        ):
+            for group in groups:
+                if "PixelMeasuresSequence" in group:
+                    spacing = group.PixelMeasuresSequence[0].PixelSpacing
+                    break
+            if spacing is not None:
+                break
+    if spacing is None:
+        raise ValueError(f"{source.SOPInstanceUID} has no Pixel Spacing")
+    return float(spacing[0]) * float(spacing[1])
+
+
 def _unsegmented_volumes(
-    analysis: Analysis, settings: ResultSettings
+    analysis: Analysis, settings: ResultSettings, where: Where
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """Volumes without a SEG to point at (masks could not be mapped onto DICOM frames)."""
     segmentation = analysis.findings.segmentation
@@ -225,7 +376,7 @@ def _unsegmented_volumes(
             finding_type=region.property_type,
             finding_category=MORPHOLOGICALLY_ABNORMAL_STRUCTURE,
             algorithm_id=algorithm,
-            measurements=[_volume(segmentation.volumes_ml[region.key])],
+            measurements=[_volume(segmentation.volumes_ml[region.key], where)],
         )
         for region in SEGMENTS
         if region.key in segmentation.volumes_ml
@@ -233,7 +384,7 @@ def _unsegmented_volumes(
 
 
 def _follow_up_groups(
-    analysis: Analysis, settings: ResultSettings
+    analysis: Analysis, settings: ResultSettings, where: Where
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
     """One group per region compared with the most recent prior study (Findings.prior)."""
     prior = analysis.findings.prior
@@ -256,18 +407,27 @@ def _follow_up_groups(
         if change is None:
             continue
         measurements = [
-            _volume(change.current_ml),
+            _volume(change.current_ml, where),
             hd.sr.Measurement(
-                name=PRIOR_VOLUME, value=round(change.previous_ml, 2), unit=MILLILITRE
+                name=PRIOR_VOLUME,
+                value=round(change.previous_ml, 2),
+                unit=MILLILITRE,
+                referenced_coordinates=where,
             ),
             hd.sr.Measurement(
-                name=VOLUME_CHANGE, value=round(change.change_ml, 2), unit=MILLILITRE
+                name=VOLUME_CHANGE,
+                value=round(change.change_ml, 2),
+                unit=MILLILITRE,
+                referenced_coordinates=where,
             ),
         ]
         if change.change_percent is not None:
             measurements.append(
                 hd.sr.Measurement(
-                    name=FRACTIONAL_CHANGE, value=round(change.change_percent, 2), unit=PERCENT
+                    name=FRACTIONAL_CHANGE,
+                    value=round(change.change_percent, 2),
+                    unit=PERCENT,
+                    referenced_coordinates=where,
                 )
             )
         groups.append(
@@ -350,15 +510,18 @@ def build_sr(
             model_name=MODEL_NAME,
         ),
     )
+    where = [_whole_image(*_key_image(analysis, source_datasets))]
     groups: list[
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    ] = [*_finding_groups(analysis, settings)]
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = [*_finding_groups(analysis, settings, where)]
     if seg is not None:
-        groups.extend(_region_groups(analysis, seg))
+        groups.extend(_region_groups(analysis, seg, where))
+        groups.extend(_planar_groups(analysis, source_datasets, seg))
     else:
-        groups.extend(_unsegmented_volumes(analysis, settings))
-    groups.extend(_follow_up_groups(analysis, settings))
+        groups.extend(_unsegmented_volumes(analysis, settings, where))
+    groups.extend(_follow_up_groups(analysis, settings, where))
     if not groups:
         raise ValueError("the findings hold nothing to report")
     report = hd.sr.MeasurementReport(
