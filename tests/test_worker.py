@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference_worker import pipeline, service, volume
 from inference_worker.exporter import Exporter, plan_exports
 from inference_worker.pipeline import Models
 from inference_worker.service import Worker, WorkerService
@@ -245,6 +246,40 @@ def test_redelivery_is_idempotent_and_unusable_studies_fail_with_a_reason(
 
     with pytest.raises(PoisonMessage):
         worker.handle(_message(b'{"event_type": "study.received"}'))
+
+
+def test_the_worker_reads_one_header_per_series_and_every_file_once(
+    tmp_path: Path,
+    database: Database,
+    models: Models,
+    glioma: SyntheticStudy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener's inventory describes the study (one header read per series, for what
+    selection needs), each file is then read once, and the result objects derive from the
+    reference series as loaded, not from a second read of it."""
+    settings = make_settings(tmp_path / "node", database.url)
+    event = _stored_event(settings, glioma)
+    reads: list[tuple[str, bool]] = []  # (path, header only)
+    for module in (pipeline, volume, service):
+        read = module.dcmread
+
+        def counted(path, *args, _read=read, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append((str(path), bool(kwargs.get("stop_before_pixels"))))
+            return _read(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "dcmread", counted)
+
+    Worker(settings, database.sessions, models).handle(_message(event))
+
+    with database.sessions() as session:
+        analysis = session.scalars(select(Analysis)).one()
+        assert analysis.status == AnalysisStatus.COMPLETED and analysis.attempts == 1
+        assert sorted(o.kind for o in analysis.objects) == ["gradcam", "pdf", "seg", "sr"]
+    stored = [sorted((settings.storage_root / s.path).glob("*.dcm")) for s in event.series]
+    assert sorted(path for path, header in reads if header) == sorted(str(f[0]) for f in stored)
+    full = [path for path, header in reads if not header]
+    assert sorted(full) == sorted(str(path) for files in stored for path in files)
 
 
 def _planned_exports(
