@@ -19,6 +19,7 @@ from inference_worker.pipeline import (
     scan_folder,
     stored_study,
 )
+from inference_worker.selection import Role
 from models.registry import Task, manifest_for
 from models.synthetic import generate_case, region_volumes_ml
 from models.synthetic.acquisition import SeriesProtocol
@@ -207,6 +208,6 @@ def test_a_series_whose_pixel_data_cannot_be_decoded_is_skipped_with_the_reason(
     assert "0004.dcm: pixel data or image attributes unreadable" in prepared.skipped["load T2"]
     # The reference series (T1CE) is kept as read, for the result objects.
     assert [str(ds.SOPInstanceUID) for ds in prepared.sources] == [
-        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in prepared.files["T1CE"]
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in prepared.files[Role.T1CE]
     ]
     assert all("PixelData" in ds for ds in prepared.sources)
