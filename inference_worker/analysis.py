@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from models.imaging import FrameRef, Volume
 from schemas.findings import Findings
@@ -69,3 +70,6 @@ class Analysis:
     grid: Volume | None = None
     intracranial: np.ndarray | None = None  # bool (k, j, i) on ``grid``
     grid_masks: dict[str, np.ndarray] | None = None  # REGIONS -> bool (k, j, i) on ``grid``
+    # ``source_files`` as the pipeline read them (pixels included), so that the result objects
+    # need not read the series again; empty when the analysis holds only the paths.
+    source_datasets: tuple[Dataset, ...] = ()

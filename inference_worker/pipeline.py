@@ -6,32 +6,39 @@ canonical grid centred on it → detect on planes that hold brain, with everythi
 set aside → segment (when a tumour is found and all four contrasts are present), the masks limited
 to the intracranial space → classify on the planes the segmentation marks (else the detector's
 surest brain planes) → findings. Stages take and return typed values; only loading reads files.
-What could not run says why in ``Findings.skipped``.
+What could not run says why in ``Findings.skipped``; a study that cannot be analysed at all
+raises :class:`UnusableStudy`, with the reason.
+
+A study the listener stored is described from its inventory (:func:`stored_study`: the series
+folders it recorded, one header read per series); :func:`scan_folder` reads every file's
+header, for folders no inventory describes (the command line).
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
 from inference_worker.analysis import REGIONS, Analysis, GradCam, RegionMasks
 from inference_worker.selection import Choice, Role, Selection, SeriesInfo, select_series
-from inference_worker.volume import GeometryError, frame_masks, load_series
+from inference_worker.volume import GeometryError, UnreadableSeries, frame_masks, read_series
 from models import predict
 from models.brain.extract import BrainMask, extract
 from models.imaging import FrameRef, Volume, resample_to
 from models.preprocessing import canonical_grid_at, on_grid
 from models.registry import ModelManifest, Task, load
 from neurogate.budget import DEFAULT_BUDGET, DecodeBudget, DecodeBudgetExceeded
+from neurogate.storage import DICOM_SUFFIX
 from schemas.findings import (
     BrainFinding,
     ClassificationFinding,
@@ -57,6 +64,12 @@ _PROGRESS = {
     "grad_cam": 0.88,
     "masks_to_source": 0.9,
 }
+
+
+class UnusableStudy(ValueError):
+    """The study cannot be analysed, and would fail the same way again: no usable series, more
+    pixels than the decode budget, pixel data that cannot be read, volumes that are no volumes.
+    """
 
 
 @dataclass
@@ -94,12 +107,39 @@ def scan_folder(folder: Path) -> StudyFiles:
         headers.setdefault(str(ds.SeriesInstanceUID), ds)
         studies.add(str(ds.StudyInstanceUID))
     if len(studies) != 1:
-        raise ValueError(f"expected the files of one study under {folder}, found {len(studies)}")
+        raise UnusableStudy(f"expected the files of one study under {folder}, found {len(studies)}")
     infos = []
     for uid, files in by_series.items():
         frames = int(headers[uid].get("NumberOfFrames", 1) or 1)
         infos.append(SeriesInfo.from_dataset(headers[uid], slices=max(len(files), frames)))
     return StudyFiles(studies.pop(), dict(by_series), infos)
+
+
+def stored_study(study_instance_uid: str, series_folders: Iterable[Path]) -> StudyFiles:
+    """A study from the series folders the listener recorded (one folder per series).
+
+    Each series' files are listed, and only its first instance's header is read (the next one
+    when the first cannot be): selection needs a few attributes of one instance, and the slice
+    count, which the listing gives. A folder without a readable instance is left out.
+    """
+    series: dict[str, list[Path]] = {}
+    infos = []
+    for folder in series_folders:
+        files = sorted(folder.glob(f"*{DICOM_SUFFIX}"))
+        for path in files:
+            try:
+                ds = dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError):
+                continue
+            if "SeriesInstanceUID" in ds:
+                break
+        else:
+            continue
+        uid = str(ds.SeriesInstanceUID)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        series[uid] = files
+        infos.append(SeriesInfo.from_dataset(ds, slices=max(len(files), frames)))
+    return StudyFiles(study_instance_uid, series, infos)
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +148,8 @@ class Prepared:
     volumes: dict[Role, Volume]  # the chosen series, as loaded
     skipped: dict[str, str]
     files: dict[Role, list[Path]]  # the stored files of each loaded series
+    # The reference series' datasets as loaded (pixels included), for the result objects.
+    sources: tuple[Dataset, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,19 +173,45 @@ def canonical(volumes: dict[Role, Volume], net: Any) -> Canonical:
 
 
 def prepare(study: StudyFiles, budget: DecodeBudget = DEFAULT_BUDGET) -> Prepared:
+    """Select the series and load them; a series that does not load is skipped, with why.
+
+    Series load in :data:`REFERENCE_ORDER`, so that the first to load is the reference series,
+    the only one whose datasets are kept (the result objects derive from them).
+
+    Raises
+    ------
+    UnusableStudy
+        When no chosen series loads, or one would need more memory than ``budget``.
+    """
     selection = select_series(study.infos)
     volumes: dict[Role, Volume] = {}
     skipped: dict[str, str] = {}
     files: dict[Role, list[Path]] = {}
-    for role, choice in selection.chosen.items():
+    sources: tuple[Dataset, ...] = ()
+    for role in sorted(selection.chosen, key=REFERENCE_ORDER.index):
+        paths = study.series[selection.chosen[role].series_instance_uid]
         try:
-            files[role] = study.series[choice.series_instance_uid]
-            volumes[role] = load_series(files[role], budget)
-        except GeometryError as exc:
+            volume, datasets = read_series(paths, budget)
+        except (GeometryError, UnreadableSeries) as exc:
             skipped[f"load {role.value}"] = str(exc)
+            continue
+        except DecodeBudgetExceeded as exc:
+            raise UnusableStudy(str(exc)) from exc
+        volumes[role], files[role] = volume, paths
+        sources = sources or tuple(datasets)
     if not volumes:
-        raise ValueError("no usable T1, T1CE, T2 or FLAIR series in the study")
-    return Prepared(selection, volumes, skipped, files)
+        why = "; ".join(f"{step}: {reason}" for step, reason in skipped.items())
+        raise UnusableStudy(
+            "no usable T1, T1CE, T2 or FLAIR series in the study" + (f" ({why})" if why else "")
+        )
+    order = list(selection.chosen)  # the selection's order, as before loading
+    return Prepared(
+        selection,
+        {r: volumes[r] for r in order if r in volumes},
+        skipped,
+        {r: files[r] for r in order if r in files},
+        sources,
+    )
 
 
 def _first(order: tuple[Role, ...], available: dict[Role, np.ndarray]) -> Role:
@@ -211,10 +279,10 @@ def prepare_nifti(files: Mapping[str, Path], budget: DecodeBudget = DEFAULT_BUDG
         try:
             role = Role(name.upper())
         except ValueError as exc:
-            raise ValueError(f"unknown role {name!r}: expected T1, T1CE, T2 or FLAIR") from exc
+            raise UnusableStudy(f"unknown role {name!r}: expected T1, T1CE, T2 or FLAIR") from exc
         volumes[role] = read_nifti(path, budget)
     if not volumes:
-        raise ValueError("no NIfTI volumes given")
+        raise UnusableStudy("no NIfTI volumes given")
     reasons = {
         Role(name.upper()): f"uploaded as {name.upper()}: {path.name}"
         for name, path in files.items()
@@ -223,22 +291,23 @@ def prepare_nifti(files: Mapping[str, Path], budget: DecodeBudget = DEFAULT_BUDG
 
 
 def read_nifti(path: Path, budget: DecodeBudget = DEFAULT_BUDGET) -> Volume:
-    """A NIfTI volume, once its header shows that it fits ``budget`` (else ``ValueError``)."""
+    """A NIfTI volume, once its header shows that it fits ``budget`` (else :class:`UnusableStudy`,
+    as for a file that is no readable 3D NIfTI volume)."""
     import SimpleITK as sitk
 
     with path.open("rb") as stream:
         try:
             budget.check_nifti(stream, path.name)
-        except DecodeBudgetExceeded:
-            raise
+        except DecodeBudgetExceeded as exc:
+            raise UnusableStudy(str(exc)) from exc
         except ValueError as exc:
-            raise ValueError(f"{path.name}: not a readable NIfTI volume ({exc})") from exc
+            raise UnusableStudy(f"{path.name}: not a readable NIfTI volume ({exc})") from exc
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise ValueError(f"{path.name}: not a readable NIfTI volume") from exc
+        raise UnusableStudy(f"{path.name}: not a readable NIfTI volume") from exc
     if image.GetDimension() != 3:
-        raise ValueError(f"{path.name}: expected a 3D volume, got {image.GetDimension()}D")
+        raise UnusableStudy(f"{path.name}: expected a 3D volume, got {image.GetDimension()}D")
     return Volume(
         array=sitk.GetArrayFromImage(image).astype(np.float32),
         origin=np.array(image.GetOrigin()),
@@ -363,7 +432,14 @@ def _analyse(
     sources = tuple(prepared.files.get(_reference_role(prepared), ()))
     grid_masks = None if masks is None else {r: masks[r] for r in REGIONS}
     return Analysis(
-        findings, region_masks, grad_cam, sources, study.grid, study.intracranial, grid_masks
+        findings,
+        region_masks,
+        grad_cam,
+        sources,
+        study.grid,
+        study.intracranial,
+        grid_masks,
+        source_datasets=prepared.sources,
     )
 
 

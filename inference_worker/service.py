@@ -2,12 +2,13 @@
 
 At-least-once delivery meets idempotent results: each request event owns one ``analyses`` row
 (unique on the event id), so a redelivered event finds its finished row and does nothing more.
-A study whose data cannot be analysed (no usable series, broken geometry, more pixels than the
-decode budget) is marked failed with the reason and the worker moves on; an unexpected error is
-retried by the consume loop and, after the last attempt, the analysis is marked failed and the
-message dead-lettered. Attempts are counted in the ``analyses`` row before each starts, so those
-that killed their worker count as well: a study that takes its worker down every time ends in
-the dead-letter topic too, instead of being redelivered to each restarted worker for ever.
+A study whose data cannot be analysed (the pipeline's ``UnusableStudy``: no usable series, broken
+geometry or pixel data, more pixels than the decode budget) is marked failed with the reason and
+the worker moves on; any other error (a bug, the disk, the database) is retried by the consume
+loop and, after the last attempt, the analysis is marked failed and the message dead-lettered.
+Attempts are counted in the ``analyses`` row before each starts, so those that killed their
+worker count as well: a study that takes its worker down every time ends in the dead-letter
+topic too, instead of being redelivered to each restarted worker for ever.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from inference_worker.analysis import Analysis
 from inference_worker.exporter import Exporter, plan_exports
 from inference_worker.notify import Event, Notifier, notify_analysis
-from inference_worker.pipeline import Models, analyse, analyse_nifti, scan_folder
+from inference_worker.pipeline import (
+    Models,
+    StudyFiles,
+    UnusableStudy,
+    analyse,
+    analyse_nifti,
+    scan_folder,
+    stored_study,
+)
 from inference_worker.priors import FollowUp, PriorNotAnalysed, analysed_as_prior
 from inference_worker.routing import (
     ROUTER_GROUP,
@@ -40,11 +49,10 @@ from inference_worker.routing import (
     load_routing_rules,
     routed_destinations,
 )
-from inference_worker.volume import GeometryError
 from neurogate.bus import Bus, BusUnavailable, Message, ensure_service_topics
 from neurogate.bus.runner import PoisonMessage, consume
 from neurogate.db.models import Analysis as AnalysisRow
-from neurogate.db.models import AnalysisStatus, ResultObject
+from neurogate.db.models import AnalysisStatus, ResultObject, Study
 from neurogate.outbox import enqueue, service_relay
 from neurogate.settings import Settings
 from schemas.events import (
@@ -272,10 +280,25 @@ class Worker:
             if isinstance(event, AnalysisRequested) and event.input_format is InputFormat.NIFTI:
                 files = {role: root / path for role, path in event.nifti_files.items()}
                 return analyse_nifti(event.study_instance_uid, files, models, progress, budget)
-            study = scan_folder(root / event.path)
+            study = self._inventory(event) or scan_folder(root / event.path)
             return analyse(study, models, progress, budget)
-        except (GeometryError, ValueError, FileNotFoundError) as exc:
+        except UnusableStudy as exc:
             raise AnalysisFailed(str(exc)) from exc
+
+    def _inventory(self, event: StudyReceived | AnalysisRequested) -> StudyFiles | None:
+        """The study as the listener recorded it: the series of its completion event, or for a
+        re-run the study's series rows; ``None`` when neither describes ``event.path``."""
+        root, folder = self._settings.storage_root, Path(event.path)
+        if isinstance(event, StudyReceived):
+            paths = [Path(s.path) for s in event.series]
+        else:
+            with self._sessions() as session:
+                uid = event.study_instance_uid
+                row = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+                paths = [] if row is None else [Path(s.path) for s in row.series]
+        if not paths or not all(p.is_relative_to(folder) for p in paths):
+            return None  # not the listener's inventory of this folder: an upload, a test's
+        return stored_study(event.study_instance_uid, [root / p for p in paths])
 
     def _attempts(self, analysis_id: int) -> int:
         with self._sessions() as session:
@@ -383,7 +406,10 @@ def remove_orphan_partials(results: Path) -> int:
 
 
 def _source_datasets(analysis: Analysis) -> list[Dataset]:
-    """The reference series' datasets the result objects derive from (pixel data included)."""
+    """The reference series' datasets the result objects derive from (pixel data included), as
+    the pipeline loaded them (read here only for an analysis that holds just their paths)."""
+    if analysis.source_datasets:
+        return list(analysis.source_datasets)
     return [dcmread(path) for path in analysis.source_files]
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from models.imaging import FrameRef, Volume
 from neurogate.budget import DEFAULT_BUDGET, DecodeBudget
@@ -27,6 +28,25 @@ _ORIENTATION_TOLERANCE = 1e-3
 
 class GeometryError(ValueError):
     """The series does not form one regular 3D stack (mixed orientations, gaps, duplicates)."""
+
+
+class UnreadableSeries(ValueError):
+    """An instance of the series cannot be parsed, lacks its image attributes, or its pixel
+    data cannot be decoded (truncated, corrupt, or a transfer syntax with no decoder)."""
+
+
+# What pydicom raises for an instance it cannot parse or decode (the errors of data, caught
+# around the calls that read one instance only, so that a bug elsewhere is not taken for one).
+_UNREADABLE = (
+    InvalidDicomError,
+    EOFError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+)
 
 
 @dataclass(frozen=True)
@@ -104,7 +124,7 @@ def load_series(paths: Sequence[Path], budget: DecodeBudget = DEFAULT_BUDGET) ->
     """Build one volume from the instances of a series (single-frame or multi-frame).
 
     The headers are read first and the series' declared pixels checked against ``budget``;
-    only then are pixels read and decoded.
+    only then are pixels read and decoded. :func:`read_series` also returns the datasets.
 
     Raises
     ------
@@ -113,11 +133,21 @@ def load_series(paths: Sequence[Path], budget: DecodeBudget = DEFAULT_BUDGET) ->
         size, two frames at one position, or uneven slice gaps.
     DecodeBudgetExceeded
         When decoding the series would take more memory than ``budget`` allows.
+    UnreadableSeries
+        When an instance cannot be parsed or its pixels decoded.
     """
-    datasets = [dcmread(path, defer_size=_DEFER_SIZE) for path in paths]
+    return read_series(paths, budget)[0]
+
+
+def read_series(
+    paths: Sequence[Path], budget: DecodeBudget = DEFAULT_BUDGET
+) -> tuple[Volume, list[Dataset]]:
+    """:func:`load_series`, and the datasets as read (pixel data included), in ``paths`` order:
+    what the result objects of a reference series derive from, without reading it again."""
+    datasets = [_read(path) for path in paths]
     series = str(datasets[0].get("SeriesInstanceUID", "?")) if datasets else "?"
     budget.check_dicom(datasets, f"series {series}")
-    slices = [s for ds in datasets for s in _slices_of(ds)]
+    slices = [s for path, ds in zip(paths, datasets, strict=True) for s in _decoded(path, ds)]
     if not slices:
         raise GeometryError("no frames")
     first = slices[0]
@@ -146,13 +176,30 @@ def load_series(paths: Sequence[Path], budget: DecodeBudget = DEFAULT_BUDGET) ->
         k_axis /= np.linalg.norm(k_axis)
     else:
         spacing_k, k_axis = 1.0, normal
-    return Volume(
+    volume = Volume(
         array=np.stack([s.pixels for s in slices]),
         origin=slices[0].position,
         spacing=np.array([first.pixel_spacing[1], first.pixel_spacing[0], spacing_k]),
         direction=np.column_stack([first.row, first.column, k_axis]),
         frames=tuple(s.ref for s in slices),
     )
+    return volume, datasets
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return dcmread(path, defer_size=_DEFER_SIZE)
+    except _UNREADABLE as exc:
+        raise UnreadableSeries(f"{path.name}: not a readable DICOM instance ({exc})") from exc
+
+
+def _decoded(path: Path, ds: Dataset) -> list[_Slice]:
+    try:
+        return _slices_of(ds)
+    except _UNREADABLE as exc:
+        raise UnreadableSeries(
+            f"{path.name}: pixel data or image attributes unreadable ({exc!r})"
+        ) from exc
 
 
 def frame_masks(mask: Volume) -> list[tuple[FrameRef, np.ndarray]]:

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom import dcmread
 
-from inference_worker.pipeline import Models, analyse, analyse_nifti, scan_folder
+from inference_worker.pipeline import (
+    Models,
+    UnusableStudy,
+    analyse,
+    analyse_nifti,
+    prepare,
+    scan_folder,
+    stored_study,
+)
+from inference_worker.selection import Role
 from models.registry import Task, manifest_for
 from models.synthetic import generate_case, region_volumes_ml
 from models.synthetic.acquisition import SeriesProtocol
@@ -149,3 +159,55 @@ def test_a_file_that_is_not_nifti_is_refused_with_its_name(tmp_path: Path, model
     bogus.write_bytes(b"not a volume")
     with pytest.raises(ValueError, match=r"scan_flair\.nii\.gz"):
         analyse_nifti("1.2.3", {"FLAIR": bogus}, models)
+
+
+def test_a_stored_study_is_described_from_one_header_per_series(
+    glioma_study, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The inventory reads each series' first instance only: with every other instance turned
+    to garbage it describes the study as a full header scan of the intact files does, and the
+    study, whose chosen series no longer load, is unusable, naming a file that broke."""
+    _, study, folder = glioma_study
+    scanned = scan_folder(folder)
+    copy = tmp_path / "study"
+    shutil.copytree(folder, copy)
+    folders = sorted(p for p in copy.iterdir() if p.is_dir())
+    for series in folders:
+        for path in sorted(series.glob("*.dcm"))[1:]:
+            path.write_bytes(b"not DICOM: the inventory must not read this file")
+
+    stored = stored_study(study.study_instance_uid, folders)
+
+    by_uid = {info.series_instance_uid: info for info in stored.infos}
+    assert by_uid == {info.series_instance_uid: info for info in scanned.infos}
+    assert len(by_uid) == 6  # four contrasts, the localiser and the diffusion trace
+    assert {uid: [p.name for p in files] for uid, files in stored.series.items()} == {
+        uid: [p.name for p in files] for uid, files in scanned.series.items()
+    }
+    with pytest.raises(UnusableStudy, match=r"no usable T1, T1CE, T2 or FLAIR series.*0002\.dcm"):
+        prepare(stored)
+
+
+def test_a_series_whose_pixel_data_cannot_be_decoded_is_skipped_with_the_reason(
+    glioma_study, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Truncated pixel data is the series' problem: the others load, and the findings will say
+    why the broken one did not; with all of them broken the study is unusable."""
+    _, study, folder = glioma_study
+    copy = tmp_path / "study"
+    shutil.copytree(folder, copy)
+    broken = copy / study.series["t2"].files[0].parent.name
+    for path in sorted(broken.glob("*.dcm"))[3:4]:
+        ds = dcmread(path)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+        ds.save_as(path)
+
+    prepared = prepare(scan_folder(copy))
+
+    assert set(prepared.volumes) == {"T1", "T1CE", "FLAIR"}
+    assert "0004.dcm: pixel data or image attributes unreadable" in prepared.skipped["load T2"]
+    # The reference series (T1CE) is kept as read, for the result objects.
+    assert [str(ds.SOPInstanceUID) for ds in prepared.sources] == [
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in prepared.files[Role.T1CE]
+    ]
+    assert all("PixelData" in ds for ds in prepared.sources)

@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from inference_worker import pipeline, service, volume
 from inference_worker.exporter import Exporter, plan_exports
 from inference_worker.pipeline import Models
 from inference_worker.service import Worker, WorkerService
@@ -32,7 +33,16 @@ from models.synthetic.nifti import write_nifti
 from neurogate.bus import Message, open_bus
 from neurogate.bus.runner import PoisonMessage
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
-from neurogate.db.models import Analysis, AnalysisStatus, Export, ExportStatus, ResultObject
+from neurogate.db.models import (
+    Analysis,
+    AnalysisStatus,
+    Export,
+    ExportStatus,
+    ResultObject,
+    Series,
+    Study,
+    StudyStatus,
+)
 from neurogate.settings import ExportSettings, PacsDestination, Settings
 from schemas.events import (
     AnalysisRequested,
@@ -245,6 +255,86 @@ def test_redelivery_is_idempotent_and_unusable_studies_fail_with_a_reason(
 
     with pytest.raises(PoisonMessage):
         worker.handle(_message(b'{"event_type": "study.received"}'))
+
+
+def test_the_worker_reads_one_header_per_series_and_every_file_once(
+    tmp_path: Path,
+    database: Database,
+    models: Models,
+    glioma: SyntheticStudy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener's inventory describes the study (one header read per series, for what
+    selection needs), each file is then read once, and the result objects derive from the
+    reference series as loaded, not from a second read of it."""
+    settings = make_settings(tmp_path / "node", database.url)
+    event = _stored_event(settings, glioma)
+    reads: list[tuple[str, bool]] = []  # (path, header only)
+    for module in (pipeline, volume, service):
+        read = module.dcmread
+
+        def counted(path, *args, _read=read, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append((str(path), bool(kwargs.get("stop_before_pixels"))))
+            return _read(path, *args, **kwargs)
+
+        monkeypatch.setattr(module, "dcmread", counted)
+
+    Worker(settings, database.sessions, models).handle(_message(event))
+
+    with database.sessions() as session:
+        analysis = session.scalars(select(Analysis)).one()
+        assert analysis.status == AnalysisStatus.COMPLETED and analysis.attempts == 1
+        assert sorted(o.kind for o in analysis.objects) == ["gradcam", "pdf", "seg", "sr"]
+    stored = [sorted((settings.storage_root / s.path).glob("*.dcm")) for s in event.series]
+    assert sorted(path for path, header in reads if header) == sorted(str(f[0]) for f in stored)
+    full = [path for path, header in reads if not header]
+    assert sorted(full) == sorted(str(path) for files in stored for path in files)
+
+
+def test_a_rerun_takes_the_series_from_the_rows_the_listener_wrote(
+    tmp_path: Path, database: Database, glioma: SyntheticStudy
+) -> None:
+    """A re-run finds the study's series in the database and reads one header of each: with
+    every other instance garbage, the chosen series fail to load on the files the header scan
+    would have skipped (the reason names one); no model runs."""
+    settings = make_settings(tmp_path / "node", database.url)
+    event = _stored_event(settings, glioma)
+    now = dt.datetime.now(dt.UTC)
+    with database.sessions.begin() as session:  # what the listener commits on completion
+        study = Study(
+            study_instance_uid=event.study_instance_uid,
+            status=StudyStatus.COMPLETE,
+            revision=1,
+            path=event.path,
+            instance_count=event.instance_count,
+            called_ae_title=event.called_ae_title,
+            calling_ae_titles=event.calling_ae_titles,
+            first_received_at=now,
+            last_received_at=now,
+            completed_at=now,
+        )
+        session.add(study)
+        for s in event.series:
+            series = Series(study=study, series_instance_uid=s.series_instance_uid, path=s.path)
+            series.modality, series.instance_count = s.modality, s.instance_count
+            session.add(series)
+            for path in sorted((settings.storage_root / s.path).glob("*.dcm"))[1:]:
+                path.write_bytes(b"garbage")
+    rerun = AnalysisRequested(
+        study_instance_uid=event.study_instance_uid,
+        source=AnalysisSource.RERUN,
+        input_format=InputFormat.DICOM,
+        path=event.path,
+    )
+
+    Worker(settings, database.sessions, Models({}, {})).handle(
+        Message(Topic.ANALYSIS_REQUESTED, "key", rerun.to_bytes(), (), 0, 0)
+    )
+
+    with database.sessions() as session:
+        row = session.scalars(select(Analysis)).one()
+        assert row.status == AnalysisStatus.FAILED and row.attempts == 1
+        assert "0002.dcm: not a readable DICOM instance" in (row.error or ""), row.error
 
 
 def _planned_exports(

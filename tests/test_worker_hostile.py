@@ -26,7 +26,8 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from sqlalchemy import select
 
-from inference_worker.pipeline import Models
+from inference_worker import service
+from inference_worker.pipeline import Models, StudyFiles
 from inference_worker.service import GROUP_ID, Worker, WorkerService
 from models.registry import Task, manifest_for
 from models.synthetic import generate_case
@@ -223,6 +224,86 @@ def test_a_message_whose_attempts_never_came_back_is_dead_lettered_and_the_queue
     assert [m.value for m in dead] == [stuck.to_bytes()]
     assert dead[0].header(ERROR_HEADER).decode().startswith("gave up after 3 attempts")
     assert "no usable T1, T1CE, T2 or FLAIR series" in (failed_behind.error or "")
+    bus.close()
+
+
+def test_a_study_whose_pixel_data_cannot_be_decoded_fails_once_with_the_reason(
+    tmp_path: Path, database: Database, glioma: SyntheticStudy
+) -> None:
+    """Unreadable pixel data is an unusable study: failed on its first attempt, not retried."""
+    settings = make_settings(tmp_path / "node", database.url)
+    event = _stored_event(settings, glioma)
+    for series in event.series:
+        path = sorted((settings.storage_root / series.path).glob("*.dcm"))[2]
+        ds = dcmread(path)
+        ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # a truncated transfer
+        ds.save_as(path)
+    bus = open_bus(settings.bus, settings.embedded_bus_path)
+    _publish(bus, event)
+
+    def finished() -> Analysis | None:
+        row = _analysis(database, event.event_id)
+        return row if row is not None and row.status == AnalysisStatus.FAILED else None
+
+    with _consuming(Worker(settings, database.sessions, NO_MODELS), bus, settings):
+        row = wait_for(finished, timeout=120)
+
+    assert row.attempts == 1
+    reason = row.error or ""
+    assert reason.startswith("no usable T1, T1CE, T2 or FLAIR series in the study"), reason
+    assert "0003.dcm: pixel data or image attributes unreadable" in reason
+    assert _dead_letters(bus) == []
+    bus.close()
+
+
+def test_other_errors_are_retried_and_dead_lettered_after_the_last_attempt(
+    tmp_path: Path, database: Database, glioma: SyntheticStudy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed read of the storage is retried, and the retry analyses (here: finds the study
+    unusable); an error that is no verdict on the study (a bug's ValueError) is retried up to
+    ``BUS__MAX_DELIVERY_ATTEMPTS`` and then dead-lettered, not recorded as the study's fault."""
+    settings = make_settings(tmp_path / "node", database.url)
+    template = _stored_event(settings, glioma)
+    events = {}
+    for name in ("flaky", "buggy"):  # a CT each: no usable series, when it is analysed
+        folder = settings.storage_root / "studies" / name
+        folder.mkdir(parents=True)
+        ct = dcmread(glioma.series["flair"].files[0])
+        ct.Modality, ct.StudyInstanceUID = "CT", generate_uid()
+        ct.save_as(folder / "ct.dcm")
+        update = {"event_id": uuid.uuid4(), "study_instance_uid": ct.StudyInstanceUID}
+        events[name] = template.model_copy(update={**update, "path": f"studies/{name}"})
+    flaky, buggy = events["flaky"], events["buggy"]
+    scan, scanned = service.scan_folder, []
+
+    def failing_scan(folder: Path) -> StudyFiles:
+        scanned.append(folder.name)
+        if folder.name == "buggy":
+            raise ValueError("a bug, not the study")
+        if scanned.count("flaky") == 1:
+            raise OSError(5, "Input/output error", str(folder))
+        return scan(folder)
+
+    monkeypatch.setattr(service, "scan_folder", failing_scan)
+    bus = open_bus(settings.bus, settings.embedded_bus_path)
+    _publish(bus, flaky, buggy)
+
+    def finished() -> Analysis | None:
+        row = _analysis(database, buggy.event_id)
+        return row if row is not None and row.status == AnalysisStatus.FAILED else None
+
+    with _consuming(Worker(settings, database.sessions, NO_MODELS), bus, settings):
+        gave_up = wait_for(finished, timeout=60)
+
+    retried = _analysis(database, flaky.event_id)
+    assert retried is not None and retried.status == AnalysisStatus.FAILED
+    assert retried.attempts == 2
+    assert (retried.error or "").startswith("no usable T1, T1CE, T2 or FLAIR series")
+    assert gave_up.attempts == settings.bus.max_delivery_attempts == 3
+    assert (
+        gave_up.error == "gave up after 3 attempts; last error: ValueError('a bug, not the study')"
+    )
+    assert [m.value for m in _dead_letters(bus)] == [buggy.to_bytes()]
     bus.close()
 
 
