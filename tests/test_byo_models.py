@@ -247,7 +247,7 @@ def node_answers(
         )
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["heatmap_overlay"] and body["heatmap_only"]
+        assert body["visualization"]["heatmap_overlay"] and body["visualization"]["heatmap_only"]
         classified.append(np.array([body["probabilities"][label] for label in LABELS]))
     response = client.post(
         "/predict",
@@ -257,8 +257,7 @@ def node_answers(
     assert response.status_code == 200, response.text
     batch = []
     for result in response.json()["results"]:
-        by_name = {d["className"]: d["confidence"] for d in result["detections"]}
-        batch.append(np.array([by_name[label] for label in LABELS]))
+        batch.append(np.array([result["probabilities"][label] for label in LABELS]))
     return classified, batch
 
 

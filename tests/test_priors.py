@@ -42,7 +42,7 @@ from tests.conftest import Database, free_port, make_settings
 from tests.dicomgen import write_mr_study
 from tests.harness import running_listener, storescu, study_row, wait_for
 from tests.orthanc import AE_TITLE, OrthancServer
-from tests.test_api_support import ADMIN, add_patient, admin_headers, running_app
+from tests.test_api_support import ADMIN, admin_headers, running_app
 from tests.test_results import dciodvfy_errors, pdf_text
 from tests.test_worker import PROFILE
 
@@ -215,8 +215,7 @@ def test_a_prior_in_the_pacs_is_retrieved_analysed_and_compared(
 
     # The API: the follow-up view has both studies, their dates and the same changes.
     with running_app(settings) as client:
-        add_patient(client, PATIENT)
-        headers = admin_headers(client)
+        headers = admin_headers(client)  # the patient was recorded from the studies' headers
         body = client.get(f"/api/patients/{PATIENT}/follow-up", headers=headers).json()
         assert [p["study_instance_uid"] for p in body["points"]] == [
             prior_uid,

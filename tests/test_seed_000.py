@@ -49,8 +49,11 @@ def test_predict_answers_the_readme_shape(client: TestClient, staff: dict[str, s
     assert set(body) == {"results"}
     assert [result["id"] for result in body["results"]] == [1, 2]
     for result in body["results"]:
-        assert set(result) == {"id", "detections"}
+        # The seed's keys, and the node's own unrounded probabilities beside them (#13, #14).
+        assert set(result) == {"id", "detections", "probabilities"}
         (detection,) = result["detections"]
+        label = detection["className"].lower()
+        assert round(result["probabilities"][label] * 100, 2) == detection["confidence"]
         assert set(detection) == {"classId", "className", "confidence"}
         assert detection["className"] == NAMES[detection["classId"]]
         # The detected class is the most probable of four: at least a quarter, in percent.

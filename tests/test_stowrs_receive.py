@@ -225,9 +225,12 @@ def _patient_account(settings: Settings, base: str) -> dict[str, str]:
     engine = create_db_engine(settings.sqlalchemy_url)
     try:
         with session_factory(engine).begin() as session:
-            patient = Patient(patient_id="NG-TEST-1", created_at=now())
-            session.add(patient)
-            session.flush()
+            # The studies stored above made this patient from their headers (issue #14).
+            patient = session.scalar(select(Patient).where(Patient.patient_id == "NG-TEST-1"))
+            if patient is None:
+                patient = Patient(patient_id="NG-TEST-1", created_at=now())
+                session.add(patient)
+                session.flush()
             session.add(
                 User(
                     username="patient1",

@@ -34,6 +34,9 @@ class Detection(BaseModel):
 class PredictResult(BaseModel):
     id: int  # the picture's place in the request, from 1
     detections: list[Detection]
+    # The node's own, beside the seed's: every label's probability as the model gave it
+    # (a fraction, not rounded), keyed by the manifest's labels.
+    probabilities: dict[str, float]
 
 
 class PredictOut(BaseModel):
@@ -66,6 +69,7 @@ def predict(
                         confidence=percent(prediction.confidence),
                     )
                 ],
+                probabilities=prediction.probabilities,
             )
             for number, prediction in enumerate(predictions, start=1)
         ]

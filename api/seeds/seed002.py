@@ -85,6 +85,9 @@ class ClassifyResponse(BaseModel):
     processing_time_ms: float
     timestamp: str
     model: dict[str, str]  # the node's: which model answered (name, version)
+    # The node's own, beside the seed's percentages: every label's probability as the model
+    # gave it (a fraction, not rounded), keyed by the manifest's labels.
+    probabilities: dict[str, float]
 
 
 class ClassInfo(BaseModel):
@@ -148,6 +151,7 @@ def classify_response(result: ClassifyOut) -> ClassifyResponse:
         processing_time_ms=result.processing_time_ms,
         timestamp=iso_millis(result.timestamp),
         model=result.model,
+        probabilities=result.probabilities,
     )
 
 
