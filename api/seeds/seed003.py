@@ -156,6 +156,17 @@ def _portal_login(
 Credentials = Annotated[LoginRequest, Depends(login_credentials)]
 
 
+def _token_body(token: Token) -> dict[str, Any]:
+    """What both portals' logins answer: seed 003's ``token`` and the node's bearer fields."""
+    return {
+        "success": True,
+        "token": token.access_token,
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "expires_in": token.expires_in,
+    }
+
+
 @router.post("/api/admin/login", responses=error_responses(ErrorResponse, 400, 415, 429))
 def admin_login(
     request: Request,
@@ -166,14 +177,7 @@ def admin_login(
 ) -> dict[str, Any]:
     """Sign in to the admin portal (admin accounts); the token is the node's bearer token."""
     token, user = _portal_login(request, context, session, auditor, credentials, ("admin",))
-    return {
-        "success": True,
-        "token": token.access_token,
-        "access_token": token.access_token,
-        "token_type": token.token_type,
-        "expires_in": token.expires_in,
-        "admin": {"id": user.id, "username": user.username},
-    }
+    return {**_token_body(token), "admin": {"id": user.id, "username": user.username}}
 
 
 @router.post("/api/patient/login", responses=error_responses(ErrorResponse, 400, 415, 429))
@@ -186,14 +190,8 @@ def patient_login(
 ) -> dict[str, Any]:
     """Sign in to the patient portal with the generated credentials."""
     token, user = _portal_login(request, context, session, auditor, credentials, ("patient",))
-    return {
-        "success": True,
-        "token": token.access_token,
-        "access_token": token.access_token,
-        "token_type": token.token_type,
-        "expires_in": token.expires_in,
-        "patient": patient_dict(user.patient, user) if user.patient else None,
-    }
+    patient = patient_dict(user.patient, user) if user.patient else None
+    return {**_token_body(token), "patient": patient}
 
 
 # -- patients --------------------------------------------------------------------------------
