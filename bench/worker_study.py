@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import datetime as dt
 import statistics
 import sys
 import tempfile
@@ -34,9 +33,9 @@ from models.registry import Task, manifest_for  # noqa: E402
 from models.synthetic import generate_case  # noqa: E402
 from models.synthetic.dicom import write_dicom_study  # noqa: E402
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head  # noqa: E402
-from neurogate.db.models import Analysis, Series, Study, StudyStatus  # noqa: E402
+from neurogate.db.models import Analysis  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.test_worker import PROFILE, _message, _stored_event  # noqa: E402
+from tests.test_worker import PROFILE, _message, _stored_event, record_listener_rows  # noqa: E402
 
 
 def main() -> None:
@@ -51,32 +50,8 @@ def main() -> None:
     case = generate_case(810001, "glioma", voxel_mm=2.0)
     study = write_dicom_study(case, tmp / "src", seed=5, profile=PROFILE, patient_id="NG-B")
     event = _stored_event(settings, study)
-    now = dt.datetime.now(dt.UTC)
     with sessions.begin() as session:
-        row = Study(
-            study_instance_uid=event.study_instance_uid,
-            status=StudyStatus.COMPLETE,
-            revision=1,
-            path=event.path,
-            instance_count=event.instance_count,
-            called_ae_title=event.called_ae_title,
-            calling_ae_titles=event.calling_ae_titles,
-            first_received_at=now,
-            last_received_at=now,
-            completed_at=now,
-        )
-        session.add(row)
-        for s in event.series:
-            session.add(
-                Series(
-                    study=row,
-                    series_instance_uid=s.series_instance_uid,
-                    modality=s.modality,
-                    sop_class_uids=s.sop_class_uids,
-                    instance_count=s.instance_count,
-                    path=s.path,
-                )
-            )
+        record_listener_rows(session, event)
     reads: collections.Counter[str] = collections.Counter()
     for module in (pipeline, volume, service):
         read = module.dcmread

@@ -299,27 +299,11 @@ def test_a_rerun_takes_the_series_from_the_rows_the_listener_wrote(
     would have skipped (the reason names one); no model runs."""
     settings = make_settings(tmp_path / "node", database.url)
     event = _stored_event(settings, glioma)
-    now = dt.datetime.now(dt.UTC)
-    with database.sessions.begin() as session:  # what the listener commits on completion
-        study = Study(
-            study_instance_uid=event.study_instance_uid,
-            status=StudyStatus.COMPLETE,
-            revision=1,
-            path=event.path,
-            instance_count=event.instance_count,
-            called_ae_title=event.called_ae_title,
-            calling_ae_titles=event.calling_ae_titles,
-            first_received_at=now,
-            last_received_at=now,
-            completed_at=now,
-        )
-        session.add(study)
-        for s in event.series:
-            series = Series(study=study, series_instance_uid=s.series_instance_uid, path=s.path)
-            series.modality, series.instance_count = s.modality, s.instance_count
-            session.add(series)
-            for path in sorted((settings.storage_root / s.path).glob("*.dcm"))[1:]:
-                path.write_bytes(b"garbage")
+    with database.sessions.begin() as session:
+        record_listener_rows(session, event)
+    for s in event.series:
+        for path in sorted((settings.storage_root / s.path).glob("*.dcm"))[1:]:
+            path.write_bytes(b"garbage")
     rerun = AnalysisRequested(
         study_instance_uid=event.study_instance_uid,
         source=AnalysisSource.RERUN,
@@ -335,6 +319,36 @@ def test_a_rerun_takes_the_series_from_the_rows_the_listener_wrote(
         row = session.scalars(select(Analysis)).one()
         assert row.status == AnalysisStatus.FAILED and row.attempts == 1
         assert "0002.dcm: not a readable DICOM instance" in (row.error or ""), row.error
+
+
+def record_listener_rows(session: Session, event: StudyReceived) -> Study:
+    """The study and series rows the listener commits with ``event`` when a study completes."""
+    now = dt.datetime.now(dt.UTC)
+    study = Study(
+        study_instance_uid=event.study_instance_uid,
+        status=StudyStatus.COMPLETE,
+        revision=1,
+        path=event.path,
+        instance_count=event.instance_count,
+        called_ae_title=event.called_ae_title,
+        calling_ae_titles=event.calling_ae_titles,
+        first_received_at=now,
+        last_received_at=now,
+        completed_at=now,
+    )
+    session.add(study)
+    for s in event.series:
+        session.add(
+            Series(
+                study=study,
+                series_instance_uid=s.series_instance_uid,
+                modality=s.modality,
+                sop_class_uids=s.sop_class_uids,
+                instance_count=s.instance_count,
+                path=s.path,
+            )
+        )
+    return study
 
 
 def _planned_exports(
