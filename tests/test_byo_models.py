@@ -261,6 +261,16 @@ def node_answers(
     return classified, batch
 
 
+def assert_answers_as_directly(
+    client: TestClient, staff: dict[str, str], data: list[bytes], direct: list[np.ndarray]
+) -> None:
+    """/api/classify and /predict give, for each picture, the model's own output (1e-5)."""
+    assert np.abs(direct[0] - direct[1]).max() > 1e-4, "the two pictures must differ"
+    classified, batch = node_answers(client, staff, data)
+    for mine, theirs in zip(classified + batch, direct + direct, strict=True):
+        np.testing.assert_allclose(mine, theirs, atol=TOLERANCE)
+
+
 @pytest.mark.parametrize("kind", ["keras", "h5"])
 def test_a_keras_xception_with_a_nested_base_answers_as_it_does_directly(
     kind: str,
@@ -274,10 +284,7 @@ def test_a_keras_xception_with_a_nested_base_answers_as_it_does_directly(
     assert classifier.state()["gradcam_layer"] == "block14_sepconv2"
     data = [png(p) for p in pictures]
     direct = [xception_directly(xception["model"], d) for d in data]
-    assert np.abs(direct[0] - direct[1]).max() > 1e-4, "the two pictures must differ"
-    classified, batch = node_answers(client, staff, data)
-    for mine, theirs in zip(classified + batch, direct + direct, strict=True):
-        np.testing.assert_allclose(mine, theirs, atol=TOLERANCE)
+    assert_answers_as_directly(client, staff, data, direct)
 
 
 @pytest.mark.parametrize("kind", ["state_dict", "torchscript", "onnx"])
@@ -292,10 +299,7 @@ def test_a_torch_resnet18_answers_as_it_does_directly(
     assert classifier.state()["state"] == "ready"
     data = [png(p) for p in pictures]
     direct = [resnet_directly(resnet["module"], d) for d in data]
-    assert np.abs(direct[0] - direct[1]).max() > 1e-4, "the two pictures must differ"
-    classified, batch = node_answers(client, staff, data)
-    for mine, theirs in zip(classified + batch, direct + direct, strict=True):
-        np.testing.assert_allclose(mine, theirs, atol=TOLERANCE)
+    assert_answers_as_directly(client, staff, data, direct)
 
 
 def test_grad_cam_of_an_onnx_export_is_the_one_pytorch_computes(
