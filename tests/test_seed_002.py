@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from api.inference import Classifier
-from tests.seed_support import SEED_002_NAMES, brain_png, is_png
+from tests.seed_support import SEED_002_NAMES, brain_png, is_png, seed_client
 from tests.test_api_support import add_user, api_settings, running_app
 
 ISO_MILLIS = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -19,9 +18,7 @@ ISO_MILLIS = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("seed002")
-    with running_app(api_settings(tmp, f"sqlite:///{tmp / 'neurogate.sqlite'}")) as client:
-        client.app.state.context.classifier = Classifier(None)  # type: ignore[attr-defined]
+    with seed_client(tmp_path_factory.mktemp("seed002")) as client:
         yield client
 
 

@@ -13,17 +13,14 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope, Session
 from fastapi.testclient import TestClient
 
-from api.inference import Classifier
 from neurogate.db.models import ImageScan
 from tests.conftest import free_port
-from tests.seed_support import SEED_002_NAMES, brain_png
+from tests.seed_support import SEED_002_NAMES, brain_png, seed_client
 from tests.test_api_support import (
     ADMIN,
     add_patient,
     add_study,
     add_user,
-    api_settings,
-    running_app,
     sessions_of,
 )
 
@@ -100,15 +97,8 @@ def mailbox() -> Iterator[Mailbox]:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, mailbox: Mailbox) -> Iterator[TestClient]:
     tmp = tmp_path_factory.mktemp("seed003")
-    settings = api_settings(
-        tmp,
-        f"sqlite:///{tmp / 'neurogate.sqlite'}",
-        smtp_host="127.0.0.1",
-        smtp_port=mailbox.port,
-        smtp_starttls=False,
-    )
-    with running_app(settings) as client:
-        client.app.state.context.classifier = Classifier(None)  # type: ignore[attr-defined]
+    mail = {"smtp_host": "127.0.0.1", "smtp_port": mailbox.port, "smtp_starttls": False}
+    with seed_client(tmp, **mail) as client:
         yield client
 
 

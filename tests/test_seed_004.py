@@ -9,9 +9,8 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from api.inference import Classifier
-from tests.seed_support import brain_png, is_png
-from tests.test_api_support import add_user, api_settings, running_app
+from tests.seed_support import brain_png, is_png, seed_client
+from tests.test_api_support import add_user
 
 LABELS = {"glioma", "meningioma", "notumor", "pituitary"}
 DATA_URI = "data:image/png;base64,"
@@ -19,9 +18,7 @@ DATA_URI = "data:image/png;base64,"
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    tmp = tmp_path_factory.mktemp("seed004")
-    with running_app(api_settings(tmp, f"sqlite:///{tmp / 'neurogate.sqlite'}")) as client:
-        client.app.state.context.classifier = Classifier(None)  # type: ignore[attr-defined]
+    with seed_client(tmp_path_factory.mktemp("seed004")) as client:
         yield client
 
 
