@@ -16,7 +16,9 @@ _TEMPLATES = {
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
-# Distances outside the brain surface (mm) of the synthesised layers.
+# Distances outside the brain surface (mm) of the synthesised layers: each is where a layer
+# ends (CSF rim and dura, inner table, diploe, outer table, scalp); the intracranial space ends
+# where the inner table begins, at SUBARACHNOID_MM.
 SUBARACHNOID_MM = 2.0
 INNER_TABLE_MM = 3.5
 MARROW_MM = 5.5
@@ -78,6 +80,14 @@ class Anatomy:
         for offset, radii in _FOSSA:
             fossa |= np.sum(((world - (SELLA_RAS + offset)) / radii) ** 2, axis=-1) < 1
         return fossa
+
+    def intracranial(self) -> np.ndarray:
+        """bool: inside the skull's inner table (brain, CSF rim and dura), and the fossa.
+
+        A voxel counts when at least half of it lies inside: :meth:`layer` ramps each edge over
+        a voxel, so the half-way point of the rim's outer edge is at :data:`SUBARACHNOID_MM`.
+        """
+        return (self.outside_mm <= SUBARACHNOID_MM) | self.pituitary_fossa()
 
     def layer(self, low_mm: float, high_mm: float) -> np.ndarray:
         """Fraction of each voxel lying between two distances outside the brain (smooth edges)."""

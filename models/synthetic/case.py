@@ -185,7 +185,7 @@ def _meningioma(anatomy: Anatomy, world: np.ndarray, rng: np.random.Generator) -
     field = _shape_field(
         world, centre, radius * rng.uniform(0.85, 1.15, 3), 0.08, rng, anatomy.voxel_mm
     )
-    tumour = (field < 1) & (anatomy.outside_mm < INNER_TABLE_MM)
+    tumour = (field < 1) & (anatomy.outside_mm <= SUBARACHNOID_MM)  # it ends at the inner table
     label = np.zeros(anatomy.shape, np.uint8)
     if rng.random() < 0.4:
         edema = (field < rng.uniform(1.3, 1.7)) & anatomy.brain & ~tumour
@@ -352,7 +352,7 @@ def generate_case(
         intracranial = head.intracranial
     else:
         images = _render(anatomy, label, signal, rng)
-        intracranial = (anatomy.outside_mm < INNER_TABLE_MM) | anatomy.pituitary_fossa()
+        intracranial = anatomy.intracranial()
     intracranial = intracranial | (label > 0)  # every tumour here is intracranial
     centre = np.argwhere(anatomy.brain).mean(axis=0)
     warped = _deform(

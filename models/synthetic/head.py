@@ -252,5 +252,4 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     total = sum(fractions.values())
     scale = np.where(total > 1, 1 / np.maximum(total, 1e-6), 1).astype(np.float32)
     fractions = {k: (v * scale).astype(np.float32) for k, v in fractions.items()}
-    intracranial = (d < INNER_TABLE_MM) | anatomy.pituitary_fossa()
-    return Head(anatomy, fractions, intracranial)
+    return Head(anatomy, fractions, anatomy.intracranial())
