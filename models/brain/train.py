@@ -5,10 +5,14 @@ MNI152 brain with a face, orbits, sinuses, tongue and neck around it, shaped per
 tissue label maps; each training image is drawn from one of them through a random affine and
 elastic deformation, a random field of view (from above the vertex down to the neck, cropped
 anywhere), random tissue intensities (half the time any intensity for any tissue, half the time
-one of the four MR contrasts with each tissue's signal jittered), random lesions, blur, slice
-thickness, bias field and noise. The target is the intracranial space: everything inside the
-skull's inner table, the pituitary fossa included (and a sellar mass growing out of it).
-Writes ``weights.pth`` next to this file.
+one of the four MR contrasts with each tissue's signal jittered), texture and noise inside each
+tissue, random lesions, blur, slice thickness, bias field and noise. Each head also gets its own
+skull: CSF rim, dura, inner table, diploe and outer table redrawn with thicknesses that vary over
+the head, so that the network finds the inner table rather than a fixed distance from one
+template's brain. Images are drawn at half the grid's spacing and averaged, so that thin layers
+reach the network as the partial volumes a scanner's voxels hold. The target is the
+intracranial space: everything inside the skull's inner table, the pituitary fossa included (and
+a sellar mass growing out of it). Writes ``weights.pth`` next to this file.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from scipy import ndimage
 from models.brain.extract import GRID_MM, GRID_SHAPE, brain_grid, largest_component
 from models.preprocessing import normalise
 from models.synthetic.acquisition import RAS_TO_LPS, grid_points, sample
-from models.synthetic.anatomy import SELLA_RAS
+from models.synthetic.anatomy import OUTER_TABLE_MM, SELLA_RAS, Anatomy
 from models.synthetic.case import MODALITIES, TISSUE_SIGNAL, rotation_matrix
 from models.synthetic.head import TISSUES, extended_anatomy, full_head
 
 HERE = Path(__file__).parent
 _LESIONS = 2  # label values after the tissues: two lesion intensities
+_DURA = 1 + len(TISSUES) + _LESIONS  # the last label value: the dura, outermost in the rim
+_LABELS = _DURA + 1
+_FINE = 2  # images are drawn on a grid this many times finer, then averaged
 _INSIDE = 64  # added to a label value inside the skull, so one resampling carries both
 
 
@@ -49,7 +56,7 @@ def head_labels(seed: int) -> HeadLabels:
     stack = np.stack([1 - np.clip(sum(head.fractions.values()), 0, 1),
                       *(head.fractions[t] for t in TISSUES)])  # fmt: skip
     labels = np.argmax(stack, axis=0).astype(np.uint8)
-    intracranial = head.intracranial.copy()
+    labels, intracranial = _own_skull(anatomy, labels, rng)
     inside = np.argwhere(intracranial)
     grid = np.ogrid[tuple(slice(0, s) for s in labels.shape)]
     for n in range(int(rng.integers(0, 3))):
@@ -70,41 +77,84 @@ def head_labels(seed: int) -> HeadLabels:
                       RAS_TO_LPS @ centre_ras)  # fmt: skip
 
 
+def _own_skull(
+    anatomy: Anatomy, labels: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The layers between brain and scalp redrawn with this head's thicknesses; the new
+    intracranial space (inside the inner table, and the pituitary fossa)."""
+    code = {name: n for n, name in enumerate(TISSUES, start=1)}
+    d = anatomy.outside_mm
+
+    def thickness(low: float, high: float) -> np.ndarray:
+        field = rng.uniform(low, high) * (1 + 0.4 * _smooth(rng, d.shape))
+        return np.clip(field, 0.6 * low, 1.3 * high)
+
+    rim = thickness(0.8, 4.5)
+    inner = rim + thickness(0.8, 2.5)
+    marrow = inner + thickness(0.3, 4.0)
+    outer = marrow + thickness(0.8, 2.5)
+    fossa = anatomy.pituitary_fossa() & ~anatomy.brain
+    cranial = np.isin(labels, [code["rim"], code["bone"], code["marrow"]])
+    grown = np.isin(labels, [code["fat"], code["muscle"]]) & (d < outer) & (d < OUTER_TABLE_MM + 3)
+    region = (cranial | grown) & ~anatomy.brain & ~fossa
+    new = np.full(labels.shape, code["muscle" if rng.random() < 0.5 else "fat"], np.uint8)
+    new[d < outer] = code["bone"]
+    new[d < marrow] = code["marrow"]
+    new[d < inner] = code["bone"]
+    new[d < rim] = code["rim"]
+    if rng.random() < 0.6:
+        new[(d < rim) & (d >= rim - rng.uniform(0.6, 1.5))] = _DURA
+    labels = np.where(region, new, labels)
+    return labels, (d < rim) | fossa | anatomy.brain
+
+
 def _intensities(rng: np.random.Generator) -> np.ndarray:
     """Signal of each label value: realistic-with-jitter or anything at all."""
-    count = 1 + len(TISSUES) + _LESIONS
-    values = np.zeros(count, np.float32)
+    values = np.zeros(_LABELS, np.float32)
     if rng.random() < 0.5:
-        values[1:] = rng.uniform(0, 1, count - 1)
+        values[1:] = rng.uniform(0, 1, _LABELS - 1)
     else:
         contrast = int(rng.integers(len(MODALITIES)))
         for index, tissue in enumerate(TISSUES, start=1):
             values[index] = TISSUE_SIGNAL[tissue][contrast] * rng.lognormal(0, 0.2)
-        values[-_LESIONS:] = rng.uniform(0.1, 1.4, _LESIONS)
-    values[TISSUES.index("air") + 1] = 0.0 if rng.random() < 0.8 else rng.uniform(0, 0.1)
+        values[_DURA - _LESIONS : _DURA] = rng.uniform(0.1, 1.4, _LESIONS)
+        # The dura: dark on most sequences, enhancing after contrast, never fluid-bright.
+        values[_DURA] = rng.uniform(0.03, 0.9) * max(float(values[code_of("rim")]), 0.3)
+    values[code_of("air")] = 0.0 if rng.random() < 0.8 else rng.uniform(0, 0.1)
     values[0] = 0.0 if rng.random() < 0.9 else rng.uniform(0, 0.05)
     return values
 
 
 def training_pair(head: HeadLabels, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(image, target) on the network's grid, float32 (k, j, i) each."""
+    """(image, target) on the network's grid, float32 (k, j, i) each; the target is the fraction
+    of each voxel that is intracranial."""
     offset = rng.uniform([-15, -15, -35], [15, 15, 25])
     grid = brain_grid(head.centre_lps + offset)
-    points = grid_points(grid.origin, grid.spacing, grid.direction, GRID_SHAPE)
+    fine_shape = tuple(n * _FINE for n in GRID_SHAPE)
+    fine_spacing = grid.spacing / _FINE
+    origin = grid.origin - grid.direction @ (grid.spacing - fine_spacing) / 2
+    points = grid_points(origin, fine_spacing, grid.direction, fine_shape)
     # Random affine about the head's centre, then a smooth elastic displacement.
     matrix = rotation_matrix(rng.uniform([-25, -12, -12], [25, 12, 12])) * rng.uniform(0.8, 1.1, 3)
     centre = head.centre_lps
     moved = (points - centre) @ matrix.T + centre
     coarse = rng.normal(0, rng.uniform(0, 4), (3, 5, 4, 4))
-    displacement = np.stack([ndimage.zoom(c, np.array(GRID_SHAPE) / c.shape, order=1)
-                             for c in coarse], axis=-1)  # fmt: skip
-    moved = moved + displacement
+    for axis in range(3):
+        moved[..., axis] += ndimage.zoom(coarse[axis], np.array(fine_shape) / (5, 4, 4), order=1)
     both = sample(head.labels + _INSIDE * head.intracranial, head.affine, moved, order=0)
     both = both.astype(np.uint8)
     labels, target = both % _INSIDE, (both >= _INSIDE).astype(np.float32)
 
+    # Each tissue its own signal, its own slow texture and its own grain (SynthSeg's Gaussian
+    # per label), so that no tissue is recognised by one brightness or one smoothness.
     image = _intensities(rng)[labels]
-    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 0.9))
+    texture = rng.uniform(0, 0.35, _LABELS).astype(np.float32)[labels]
+    image *= 1 + texture * _smooth(rng, fine_shape, 10)
+    grain = rng.uniform(0, 0.12, _LABELS).astype(np.float32)[labels]
+    image += grain * rng.normal(0, 1, fine_shape).astype(np.float32) * image.mean()
+    image = ndimage.gaussian_filter(image, rng.uniform(0.3, 1.2))
+    image = _coarse(np.clip(image, 0, None))
+    target = _coarse(target)
     if rng.random() < 0.6:  # thick slices along one axis
         sigma = [0.0, 0.0, 0.0]
         sigma[int(rng.integers(3))] = rng.uniform(0.3, 1.3)
@@ -128,12 +178,24 @@ def training_pair(head: HeadLabels, rng: np.random.Generator) -> tuple[np.ndarra
     image = np.where(inside, image, 0).astype(np.float32)
     if rng.random() < 0.5:
         image = image ** np.exp(rng.normal(0, 0.25))
-    return normalise(image), target * inside
+    return normalise(image), (target * inside).astype(np.float32)
 
 
-def _smooth(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    coarse = rng.normal(0, 1, (4, 4, 4))
-    field = ndimage.zoom(coarse, np.array(shape) / 4, order=1)
+def _coarse(fine: np.ndarray) -> np.ndarray:
+    """The network's grid from the fine one: each voxel the mean of the fine voxels in it."""
+    k, j, i = GRID_SHAPE
+    blocks = fine.reshape(k, _FINE, j, _FINE, i, _FINE)
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def code_of(tissue: str) -> int:
+    return TISSUES.index(tissue) + 1
+
+
+def _smooth(rng: np.random.Generator, shape: tuple[int, ...], nodes: int = 4) -> np.ndarray:
+    """A smooth random field in [-1, 1], ``nodes`` control points per axis."""
+    coarse = rng.normal(0, 1, (nodes,) * 3)
+    field = ndimage.zoom(coarse, np.array(shape) / nodes, order=1)
     return (field - field.mean()) / max(float(np.abs(field).max()), 1e-6)
 
 
@@ -208,7 +270,7 @@ def main() -> None:
                 scores = []
                 for image, target in validation:
                     prob = torch.sigmoid(net(torch.from_numpy(image[None, None])))[0, 0].numpy()
-                    scores.append(dice(largest_component(prob > 0.5), target > 0))
+                    scores.append(dice(largest_component(prob > 0.5), target > 0.5))
             print(f"step {step} loss {loss.item():.4f} validation Dice {np.mean(scores):.4f} "
                   f"(min {np.min(scores):.3f}) {elapsed:.1f} min", flush=True)  # fmt: skip
             torch.save(net.state_dict(), args.out)
