@@ -26,7 +26,6 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     SecondaryCaptureImageStorage,
@@ -41,6 +40,7 @@ from dicom_listener.scp import (
 )
 from dicom_listener.status import Status
 from inference_worker.service import HEARTBEAT_FILE
+from neurogate.preflight import setting_names
 from neurogate.settings import BusSettings, ListenerSettings, Settings
 from schemas.topics import Topic, dead_letter_topic
 
@@ -78,19 +78,9 @@ requirements_helper = _load(REPO / "deploy" / "requirements.py")
 # --- settings ----------------------------------------------------------------------------------
 
 
-def settings_env_names() -> set[str]:
-    """Every variable :class:`Settings` reads: ``NEUROGATE_X`` and ``NEUROGATE_GROUP__X``."""
-    names = set()
-    for name, info in Settings.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= {f"NEUROGATE_{name}__{sub}".upper() for sub in annotation.model_fields}
-        else:
-            names.add(f"NEUROGATE_{name}".upper())
-    return names
-
-
-SETTINGS_NAMES = settings_env_names()
+# Every variable Settings reads, NEUROGATE_X and NEUROGATE_GROUP__X (not a whole group as JSON:
+# the deployment files set each setting on its own, as the README documents them).
+SETTINGS_NAMES = setting_names(groups=False)
 
 
 def interpolate(value: str) -> str:
