@@ -34,6 +34,21 @@ _FIELD_OF_SETTINGS_ERROR = re.compile(r'field "([^"]+)"')
 # NEUROGATE_CHROMIUM (tests/test_browser.py). No setting may be named so (tests/test_settings.py).
 NOT_SETTINGS_PREFIX = ENV_PREFIX + "TEST_"
 NOT_SETTINGS = frozenset({ENV_PREFIX + "OHIF_DIR", ENV_PREFIX + "CHROMIUM"})
+# Kubernetes gives every container <SERVICE>_SERVICE_HOST, <SERVICE>_SERVICE_PORT[_<NAME>],
+# <SERVICE>_PORT and <SERVICE>_PORT_<N>_<PROTOCOL>[_PROTO|_PORT|_ADDR] for each Service of its
+# namespace (unless its pod says enableServiceLinks: false, as those of deploy/k8s do), so a
+# Service named neurogate-api gives API_SERVICE_HOST and the rest with this prefix. In a pod
+# (KUBERNETES_SERVICE_HOST is set) they are left alone, known by name and value: an address, a
+# port or a protocol.
+_ADDRESS = r"[0-9A-Fa-f.:]+"
+_SERVICE_LINKS = [
+    (re.compile(r"_SERVICE_HOST$"), _ADDRESS),
+    (re.compile(r"_SERVICE_PORT(?:_\w+)?$"), r"\d+"),
+    (re.compile(r"_PORT(?:_\d+_(?:TCP|UDP|SCTP))?$"), rf"(?:tcp|udp|sctp)://\[?{_ADDRESS}\]?:\d+"),
+    (re.compile(r"_PORT_\d+_(?:TCP|UDP|SCTP)_PROTO$"), r"tcp|udp|sctp"),
+    (re.compile(r"_PORT_\d+_(?:TCP|UDP|SCTP)_PORT$"), r"\d+"),
+    (re.compile(r"_PORT_\d+_(?:TCP|UDP|SCTP)_ADDR$"), _ADDRESS),
+]
 # Settings that existed and were taken out, and why: a deployment that still sets one is told.
 REMOVED_SETTINGS = {
     ENV_PREFIX + "LISTENER__PROCESSES": "removed on 2026-12-03 with the receiver processes, "
@@ -155,6 +170,7 @@ def unknown_settings(
     JSON object (``NEUROGATE_LISTENER='{"port": 104}'``) are checked the same way.
     """
     known = setting_names()
+    in_pod = "KUBERNETES_SERVICE_HOST" in environ
     seen: set[str] = set()
     problems = []
     for variables, where in ((environ, ""), (dotenv or {}, " (in .env)")):
@@ -166,9 +182,18 @@ def unknown_settings(
             shown = (upper if where else name) + where  # .env's names come lower-cased
             if upper in known:
                 problems += _unknown_keys(upper, value, shown)
-            elif not upper.startswith(NOT_SETTINGS_PREFIX) and upper not in NOT_SETTINGS:
+            elif upper.startswith(NOT_SETTINGS_PREFIX) or upper in NOT_SETTINGS:
+                continue
+            elif not (in_pod and not where and _service_link(upper, value or "")):
                 problems.append(Problem(shown, REMOVED_SETTINGS.get(upper) or _hint(upper)))
     return problems
+
+
+def _service_link(name: str, value: str) -> bool:
+    """Whether ``name=value`` is one of the variables Kubernetes gives a pod for a Service."""
+    return any(
+        suffix.search(name) and re.fullmatch(shape, value) for suffix, shape in _SERVICE_LINKS
+    )
 
 
 def _hint(name: str) -> str:

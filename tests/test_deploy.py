@@ -735,6 +735,8 @@ def test_k8s_deployments_have_probes_resources_and_run_as_non_root() -> None:
     for name, deployment in [*deployments.items(), ("job", _by_kind("Job")[0])]:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
+        # Service links would give NEUROGATE_API_SERVICE_HOST and the like: no settings, refused.
+        assert pod["enableServiceLinks"] is False, name
         assert pod["securityContext"]["runAsUser"] == 10001, name
         if deployment["kind"] == "Deployment":
             labels = deployment["spec"]["template"]["metadata"]["labels"]

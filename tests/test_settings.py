@@ -205,6 +205,37 @@ def test_variables_of_the_tests_and_their_setup_are_left_alone() -> None:
     assert not names & set(REMOVED_SETTINGS)
 
 
+def _service_links(service: str, address: str, port: int, port_name: str) -> dict[str, str]:
+    """The variables Kubernetes gives each container of a namespace for one Service."""
+    prefix, url = service.upper().replace("-", "_"), f"tcp://{address}:{port}"
+    return {
+        f"{prefix}_SERVICE_HOST": address,
+        f"{prefix}_SERVICE_PORT": str(port),
+        f"{prefix}_SERVICE_PORT_{port_name.upper()}": str(port),
+        f"{prefix}_PORT": url,
+        f"{prefix}_PORT_{port}_TCP": url,
+        f"{prefix}_PORT_{port}_TCP_PROTO": "tcp",
+        f"{prefix}_PORT_{port}_TCP_PORT": str(port),
+        f"{prefix}_PORT_{port}_TCP_ADDR": address,
+    }
+
+
+def test_the_variables_kubernetes_gives_a_pod_for_services_are_left_alone_there() -> None:
+    links = {
+        **_service_links("neurogate-api", "10.96.0.12", 8000, "http"),
+        **_service_links("neurogate-listener", "fd00::7", 11112, "dicom"),
+    }
+    links["NEUROGATE_LISTENER_PORT"] = "tcp://[fd00::7]:11112"
+    in_pod = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", **links}
+    assert unknown_settings(in_pod) == []
+    assert len(unknown_settings(links)) == len(links)  # outside a pod they name no setting
+    assert unknown_settings({}, {k.lower(): v for k, v in links.items()})  # nor in .env
+    typo = {**in_pod, "NEUROGATE_LISTENER_PORT": "11113"}  # not what Kubernetes writes there
+    assert [str(p) for p in unknown_settings(typo)] == [
+        "NEUROGATE_LISTENER_PORT: not a setting; did you mean NEUROGATE_LISTENER__PORT?"
+    ]
+
+
 def _tracked_texts() -> dict[str, str]:
     """The repository's text files under git, by path."""
     listed = subprocess.run(
