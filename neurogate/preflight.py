@@ -167,7 +167,9 @@ def unknown_settings(
     pydantic-settings reads only the names of fields (in any case) and ignores the rest, so a
     typo or a removed setting would be dropped silently. Each is one problem: a removed one
     says why it went, another the nearest valid name when one is close. The keys of a group's
-    JSON object (``NEUROGATE_LISTENER='{"port": 104}'``) are checked the same way.
+    JSON object (``NEUROGATE_LISTENER='{"port": 104}'``) are checked the same way. Left alone:
+    the test suite's variables (:data:`NOT_SETTINGS`, :data:`NOT_SETTINGS_PREFIX`) and, in a
+    Kubernetes pod, those Kubernetes gives it for the namespace's Services.
     """
     known = setting_names()
     in_pod = "KUBERNETES_SERVICE_HOST" in environ
