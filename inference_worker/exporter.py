@@ -26,12 +26,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -206,27 +208,19 @@ class Exporter:
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = settings.timeout_seconds
         for sop_class in sorted({d.sop_class_uid for d in due}):
             ae.add_requested_context(sop_class, list(_TRANSFER_SYNTAXES))
-        tls = _tls_args(destination)
-        rejections: list[A_ASSOCIATE_RJ] = []
-
-        def on_pdu(event: Event) -> None:
-            if isinstance(event.pdu, A_ASSOCIATE_RJ):
-                rejections.append(event.pdu)
-
-        assoc = ae.associate(
-            destination.host,
-            destination.port,
-            ae_title=destination.ae_title,
-            tls_args=tls,
-            evt_handlers=[(evt.EVT_PDU_RECV, on_pdu)],
-        )
-        if not assoc.is_established:
-            reason = _refusal(assoc, rejections)
-            reason = f"{reason}: {destination.ae_title}@{destination.host}:{destination.port}"
+        try:
+            assoc = open_association(
+                ae,
+                destination.host,
+                destination.port,
+                destination.ae_title,
+                tls_args=_tls_args(destination),
+            )
+        except AssociationRefused as exc:
+            reason = f"{exc}: {destination.ae_title}@{destination.host}:{destination.port}"
             for item in due:
                 self._record(item, destination, None, reason)
             return 0
-        assoc.unbind(evt.EVT_PDU_RECV, on_pdu)  # negotiated: the C-STORE PDUs need no look
         stored = 0
         try:
             for item in due:
@@ -381,6 +375,60 @@ def _tls_args(destination: PacsDestination) -> tuple[ssl.SSLContext, str] | None
     if destination.tls_cert_file is not None:
         context.load_cert_chain(destination.tls_cert_file, destination.tls_key_file)
     return context, destination.host
+
+
+class AssociationRefused(Exception):
+    """A peer did not accept the association; the message says why, in the peer's words when
+    it sent an A-ASSOCIATE-RJ."""
+
+
+def open_association(
+    ae: AE,
+    host: str,
+    port: int,
+    ae_title: str,
+    *,
+    tls_args: tuple[ssl.SSLContext, str] | None = None,
+    ext_neg: Sequence[SCP_SCU_RoleSelectionNegotiation] = (),
+    evt_handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+) -> Association:
+    """``ae.associate`` with the peer ``ae_title`` at ``host:port``, established, or the reason.
+
+    The PDUs received while negotiating are watched for an A-ASSOCIATE-RJ, whose reason
+    :class:`AssociationRefused` carries; once established, the association runs without that
+    look at every PDU.
+
+    Parameters
+    ----------
+    ae
+        The calling AE, with its requested presentation contexts and timeouts.
+    tls_args, ext_neg, evt_handlers
+        As for :meth:`pynetdicom.ae.ApplicationEntity.associate` (role selection for C-GET,
+        handlers of the events on this association).
+
+    Raises
+    ------
+    AssociationRefused
+        When the association was rejected, aborted or not answered.
+    """
+    rejections: list[A_ASSOCIATE_RJ] = []
+
+    def on_pdu(event: Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu)
+
+    assoc = ae.associate(
+        host,
+        port,
+        ae_title=ae_title,
+        ext_neg=list(ext_neg) or None,
+        tls_args=tls_args,
+        evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), *evt_handlers],
+    )
+    if not assoc.is_established:
+        raise AssociationRefused(_refusal(assoc, rejections))
+    assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
+    return assoc
 
 
 def _refusal(assoc: Association, rejections: Sequence[A_ASSOCIATE_RJ]) -> str:

@@ -36,7 +36,6 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
-from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     EnhancedMRImageStorage,
     MRImageStorage,
@@ -48,7 +47,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from inference_worker.analysis import REGIONS, Analysis
-from inference_worker.exporter import _refusal
+from inference_worker.exporter import AssociationRefused, open_association
 from inference_worker.results.common import tumour_found
 from neurogate.db.models import Analysis as AnalysisRow
 from neurogate.db.models import AnalysisStatus, Study, StudyStatus
@@ -156,22 +155,17 @@ class PriorsPacs:
         ae.add_requested_context(context)
         for sop_class in storage:
             ae.add_requested_context(sop_class)
-        rejections: list[A_ASSOCIATE_RJ] = []
-
-        def on_pdu(event: Event) -> None:
-            if isinstance(event.pdu, A_ASSOCIATE_RJ):
-                rejections.append(event.pdu)
-
-        assoc = ae.associate(
-            settings.host,
-            settings.port,
-            ae_title=self._called,
-            ext_neg=[build_role(sop_class, scp_role=True) for sop_class in storage],
-            evt_handlers=[(evt.EVT_PDU_RECV, on_pdu), *handlers],
-        )
-        if not assoc.is_established:
-            raise PacsUnavailable(f"{_refusal(assoc, rejections)}: {self.name}")
-        assoc.unbind(evt.EVT_PDU_RECV, on_pdu)
+        try:
+            assoc = open_association(
+                ae,
+                settings.host,
+                settings.port,
+                self._called,
+                ext_neg=[build_role(sop_class, scp_role=True) for sop_class in storage],
+                evt_handlers=handlers,
+            )
+        except AssociationRefused as exc:
+            raise PacsUnavailable(f"{exc}: {self.name}") from exc
         try:
             yield assoc
         finally:

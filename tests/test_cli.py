@@ -123,6 +123,36 @@ def test_invalid_settings_are_one_line_per_variable_before_anything_starts(
     assert "Traceback" not in err
 
 
+def test_unknown_and_removed_settings_are_refused_before_anything_starts(
+    node_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEUROGATE_LISTENER__PORTT", "11113")
+    monkeypatch.setenv("NEUROGATE_LISTENER__PORT", "eleven")  # and a value that does not parse
+    monkeypatch.setenv("NEUROGATE_TEST_POSTGRES_URL", "postgresql://elsewhere/x")  # left alone
+    monkeypatch.setenv("NEUROGATE_OHIF_DIR", str(node_env))
+    (node_env / ".env").write_text("NEUROGATE_LISTENER__PROCESSES=2\nPOSTGRES_PASSWORD=x\n")
+    monkeypatch.setattr(cli, "cmd_services", _must_not_run)
+    get_settings.cache_clear()
+
+    assert cli.main(["listener"]) == cli.EX_CONFIG
+
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "neurogate: the settings are not valid (environment or .env):",
+        "  NEUROGATE_LISTENER__PORTT: not a setting; did you mean NEUROGATE_LISTENER__PORT?",
+        "  NEUROGATE_LISTENER__PROCESSES (in .env): removed on 2026-12-03 with the receiver "
+        "processes, which measured no gain (README, Benchmarks: Engines); unset it",
+        "  NEUROGATE_LISTENER__PORT: Input should be a valid integer, unable to parse string as "
+        "an integer (got 'eleven')",
+    ]
+    monkeypatch.delenv("NEUROGATE_LISTENER__PORTT")
+    monkeypatch.delenv("NEUROGATE_LISTENER__PORT")
+    (node_env / ".env").write_text("POSTGRES_PASSWORD=x\n")  # compose's, not the node's
+    get_settings.cache_clear()
+
+    assert cli.main(["db", "upgrade"]) == 0
+
+
 def test_what_would_stop_a_service_is_reported_before_it_starts(
     node_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

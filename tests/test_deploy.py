@@ -9,13 +9,16 @@ accepts. The container health probes (deploy/healthcheck.py) run against real in
 
 from __future__ import annotations
 
+import ast
 import http.server
+import importlib.metadata
 import importlib.util
 import json
 import os
 import re
 import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +29,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
+from packaging.requirements import Requirement
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     SecondaryCaptureImageStorage,
@@ -41,6 +44,7 @@ from dicom_listener.scp import (
 )
 from dicom_listener.status import Status
 from inference_worker.service import HEARTBEAT_FILE
+from neurogate.preflight import setting_names
 from neurogate.settings import BusSettings, ListenerSettings, Settings
 from schemas.topics import Topic, dead_letter_topic
 
@@ -78,19 +82,9 @@ requirements_helper = _load(REPO / "deploy" / "requirements.py")
 # --- settings ----------------------------------------------------------------------------------
 
 
-def settings_env_names() -> set[str]:
-    """Every variable :class:`Settings` reads: ``NEUROGATE_X`` and ``NEUROGATE_GROUP__X``."""
-    names = set()
-    for name, info in Settings.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            names |= {f"NEUROGATE_{name}__{sub}".upper() for sub in annotation.model_fields}
-        else:
-            names.add(f"NEUROGATE_{name}".upper())
-    return names
-
-
-SETTINGS_NAMES = settings_env_names()
+# Every variable Settings reads, NEUROGATE_X and NEUROGATE_GROUP__X (not a whole group as JSON:
+# the deployment files set each setting on its own, as the README documents them).
+SETTINGS_NAMES = setting_names(groups=False)
 
 
 def interpolate(value: str) -> str:
@@ -533,6 +527,70 @@ def test_requirements_helper_follows_pyproject() -> None:
     assert [requirements_helper.requirement_name(r) for r in rest] == ["tensorflow-cpu", "scipy"]
 
 
+def _installed_requirements(target: str) -> set[str]:
+    """The projects the ``target`` image installs: the requirement lists its stages print with
+    deploy/requirements.py (core, or an extra of pyproject.toml), and what those require."""
+    pyproject = REPO / "pyproject.toml"
+    lines = []
+    for stage in _ancestry(_dockerfile_stages(), target):
+        for keyword, rest in stage.instructions:
+            if keyword == "RUN":
+                for extra in re.findall(r"requirements\.py(?: (?!-)(\S+))?", rest):
+                    lines += requirements_helper.requirements(pyproject, extra or None)
+    wanted = [requirements_helper.requirement_name(line) for line in lines]
+    installed: set[str] = set()
+    while wanted:  # the requirements' own requirements, as installed here
+        name = wanted.pop()
+        if name in installed:
+            continue
+        installed.add(name)
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                wanted.append(requirements_helper.requirement_name(requirement.name))
+    return installed
+
+
+def _third_party_imports(folder: Path) -> set[str]:
+    """Top-level modules the Python files in ``folder`` import, other than the standard
+    library's and the project's own."""
+    import tomllib
+
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    own = {p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]}
+    modules = set()
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.partition(".")[0])
+    return {
+        m for m in modules if m not in sys.stdlib_module_names and m not in own | {"__future__"}
+    }
+
+
+@pytest.mark.parametrize("target", ["worker", "api"])
+def test_the_model_images_install_what_bring_your_own_models_import(target: str) -> None:
+    """A site's own Keras, PyTorch, TorchScript, ONNX or MONAI-bundle model (models/byo) runs in
+    the images that run models: every module models/byo imports comes with what they install."""
+    installed = _installed_requirements(target)
+    distributions = importlib.metadata.packages_distributions()
+    imported = _third_party_imports(REPO / "models" / "byo")
+    assert {"torch", "keras", "onnx", "onnxruntime"} <= imported
+    missing = {
+        module
+        for module in imported
+        if not {requirements_helper.requirement_name(d) for d in distributions[module]} & installed
+    }
+    assert not missing, f"{target} image lacks what models/byo imports: {sorted(missing)}"
+    assert not {"torch", "onnxruntime"} & _installed_requirements("listener")
+
+
 # --- .dockerignore -----------------------------------------------------------------------------
 
 
@@ -677,6 +735,8 @@ def test_k8s_deployments_have_probes_resources_and_run_as_non_root() -> None:
     for name, deployment in [*deployments.items(), ("job", _by_kind("Job")[0])]:
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
+        # Service links would give NEUROGATE_API_SERVICE_HOST and the like: no settings, refused.
+        assert pod["enableServiceLinks"] is False, name
         assert pod["securityContext"]["runAsUser"] == 10001, name
         if deployment["kind"] == "Deployment":
             labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -751,6 +811,78 @@ def test_k8s_settings_are_settings_and_parse(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.bus.backend == "kafka"
     assert settings.db_auto_migrate is False
     assert len(settings.export.destinations) == 1
+
+
+# Compose gives every NeuroGate service its shared settings; Kubernetes gives a secret only to
+# the containers that use it: the webhooks (each receiver's secret) go to the workers, which
+# send them.
+K8S_SECRETS_FOR = {"NEUROGATE_NOTIFY__WEBHOOKS": "worker"}
+K8S_WORKLOADS = {
+    "migrate": "neurogate-migrate",
+    "listener": "neurogate-listener",
+    "api": "neurogate-api",
+    "inference_worker": "neurogate-worker",
+}
+
+
+def _k8s_env(workload_name: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """The environment of a workload's container (ConfigMap, then its own ``env`` with the
+    Secret template's values), and the container."""
+    [config] = _by_kind("ConfigMap")
+    [secret] = _by_kind("Secret")
+    [workload] = [
+        w
+        for w in [*_by_kind("Deployment"), *_by_kind("Job")]
+        if w["metadata"]["name"] == workload_name
+    ]
+    [container] = _containers(workload)
+    env = {**config["data"]}
+    for entry in container.get("env", []):
+        secret_ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        env[entry["name"]] = (
+            secret["stringData"][secret_ref["key"]] if secret_ref else entry["value"]
+        )
+    return env, container
+
+
+def test_k8s_containers_get_every_setting_compose_gives_their_service(
+    compose: dict[str, Any],
+) -> None:
+    for service, workload in K8S_WORKLOADS.items():
+        env, container = _k8s_env(workload)
+        runs = _services_of(container["command"])
+        compose_names = {
+            n for n in _environment(_services(compose)[service]) if n.startswith("NEUROGATE_")
+        }
+        for name in compose_names:
+            secret_for = K8S_SECRETS_FOR.get(name)
+            wanted = secret_for is None or secret_for in runs
+            assert (name in env) == wanted, f"{workload}: {name} {'missing' if wanted else 'given'}"
+
+
+@pytest.mark.parametrize("where", ["compose", "k8s"])
+def test_workers_get_priors_routing_and_webhooks(
+    where: str, compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if where == "compose":
+        worker = _services(compose)["inference_worker"]
+        env = {k: interpolate(v) for k, v in _environment(worker).items()}
+    else:
+        env, container = _k8s_env("neurogate-worker")
+        [webhooks] = [e for e in container["env"] if e["name"] == "NEUROGATE_NOTIFY__WEBHOOKS"]
+        assert webhooks["valueFrom"]["secretKeyRef"]["optional"] is True  # none: no webhooks
+    settings = settings_from(env, monkeypatch)
+    [pacs] = settings.export.destinations
+    assert settings.priors.enabled
+    assert (settings.priors.ae_title, settings.priors.host, settings.priors.port) == (
+        pacs.ae_title,
+        pacs.host,
+        pacs.port,
+    )  # the PACS the results go to holds the priors
+    rules = settings.routing.rules_file
+    assert rules is not None and rules.is_relative_to("/app")  # the image's copy of the repo
+    assert (REPO / rules.relative_to("/app")).is_file(), rules
+    assert len(settings.notify.webhooks) == (0 if where == "compose" else 1)  # the template's
 
 
 def _services_of(command: list[str]) -> tuple[str, ...]:

@@ -43,3 +43,12 @@ def test_invalid_settings_are_refused_before_starting(module: str, command: str)
     assert result.returncode == EX_CONFIG, result.stderr
     assert "the settings are not valid" in result.stderr
     assert "PROFILE" in result.stderr
+
+
+@pytest.mark.parametrize(("module", "command"), SERVICES)
+def test_a_mistyped_setting_is_refused_before_starting(module: str, command: str) -> None:
+    result = _run(module, NEUROGATE_LISTENER__AE_TITEL="NG")
+    assert result.returncode == EX_CONFIG, result.stderr
+    assert result.stderr.splitlines()[1:] == [
+        "  NEUROGATE_LISTENER__AE_TITEL: not a setting; did you mean NEUROGATE_LISTENER__AE_TITLE?"
+    ]

@@ -8,6 +8,7 @@ it is down first (nothing listens on its port) and comes up while the exporters 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import uuid
 from collections import Counter
@@ -15,13 +16,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import select
 
-from inference_worker.exporter import Exporter, plan_exports
+from inference_worker.exporter import (
+    AssociationRefused,
+    Exporter,
+    open_association,
+    plan_exports,
+)
 from neurogate.db import create_db_engine, session_factory
 from neurogate.db.models import (
     Analysis,
@@ -45,12 +52,13 @@ OBJECTS = 24
 class CountingPacs:
     """A C-STORE SCP that counts each SOP Instance UID it is sent; started and stopped at will."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, calling_ae_titles: list[str] | None = None) -> None:
         self.port = port
         self.received: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._ae = AE(ae_title=PACS_AE)
         self._ae.add_supported_context(MRImageStorage)
+        self._ae.require_calling_aet = calling_ae_titles or []  # others: A-ASSOCIATE-RJ
         self._server: object | None = None
 
     def _store(self, event: Event) -> int:
@@ -217,3 +225,61 @@ def test_the_exports_of_a_worker_that_died_are_sent_by_another_once_its_lease_la
         assert {(r.status, r.attempts, r.claim_token) for r in rows} == {
             (ExportStatus.SENT, 1, None)
         }
+
+
+# What pynetdicom's A-ASSOCIATE-RJ says of a calling AE title the PACS does not know (reason 3).
+REJECTED = (
+    "association rejected: Calling AE title not recognised (rejected (permanent), by the DUL "
+    "service-user)"
+)
+
+
+def test_open_association_says_why_a_peer_refused_and_hands_over_an_established_one() -> None:
+    """The A-ASSOCIATE-RJ's reason, or that no one answered; once established, the PDUs are no
+    longer watched, the caller's handlers stay bound."""
+    ae = AE(ae_title="NEUROGATE")
+    ae.add_requested_context(MRImageStorage)
+    with pytest.raises(AssociationRefused, match=r"^association failed \(no answer\)$"):
+        open_association(ae, "127.0.0.1", free_port(), PACS_AE)
+    for calling, refused in ((["SOMEONE_ELSE"], True), (None, False)):
+        pacs = CountingPacs(free_port(), calling)
+        pacs.start()
+        try:
+            if refused:
+                with pytest.raises(AssociationRefused, match=f"^{re.escape(REJECTED)}$"):
+                    open_association(ae, "127.0.0.1", pacs.port, PACS_AE)
+                continue
+
+            def on_released(event: Event) -> None:
+                pass
+
+            handlers = [(evt.EVT_RELEASED, on_released)]
+            assoc = open_association(ae, "127.0.0.1", pacs.port, PACS_AE, evt_handlers=handlers)
+            assert assoc.is_established
+            watching = [h for h, _ in assoc.get_handlers(evt.EVT_PDU_RECV)]
+            assert not [h for h in watching if h.__qualname__.startswith("open_association.")]
+            assert [h for h, _ in assoc.get_handlers(evt.EVT_RELEASED)] == [on_released]
+            assoc.release()
+        finally:
+            pacs.stop()
+
+
+def test_a_pacs_that_rejects_the_association_is_named_with_its_reason(
+    tmp_path: Path, database: Database
+) -> None:
+    pacs = CountingPacs(free_port(), calling_ae_titles=["SOMEONE_ELSE"])
+    settings = _settings(tmp_path, database.url, pacs.port, max_attempts=1)
+    _plan(settings, database, 2)
+    pacs.start()
+    try:
+        with _exporters(settings, database.url, 1):
+            wait_for(lambda: len(_outcomes(database)) >= 2, timeout=30)
+    finally:
+        pacs.stop()
+    with database.sessions() as session:
+        rows = session.scalars(select(Export)).all()
+        parked = {(r.status, r.last_error) for r in rows}
+    [(status, error)] = parked
+    assert status == ExportStatus.FAILED
+    assert error == f"{REJECTED}: {PACS_AE}@127.0.0.1:{pacs.port}"
+    assert not pacs.received
