@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
 from neurogate.settings import BusSettings, ListenerSettings, Settings
 
-# The Kafka-protocol broker fixtures (tansu_broker, kafka_settings).
-pytest_plugins = ["tests.kafka_broker"]
+# The Kafka-protocol broker fixtures (tansu_broker, kafka_settings); the shared models and
+# glioma study (models, glioma).
+pytest_plugins = ["tests.kafka_broker", "tests.studies"]
 
 POSTGRES_URL = os.environ.get(
     "NEUROGATE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
