@@ -35,7 +35,8 @@ from models.synthetic.dicom import write_dicom_study  # noqa: E402
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head  # noqa: E402
 from neurogate.db.models import Analysis  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
-from tests.test_worker import PROFILE, _message, _stored_event, record_listener_rows  # noqa: E402
+from tests.studies import PROFILE  # noqa: E402
+from tests.test_worker import _message, _stored_event, record_listener_rows  # noqa: E402
 
 
 def main() -> None:

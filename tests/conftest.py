@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
 from neurogate.settings import BusSettings, ListenerSettings, Settings
 
-# The Kafka-protocol broker fixtures (tansu_broker, kafka_settings).
-pytest_plugins = ["tests.kafka_broker"]
+# The Kafka-protocol broker fixtures (tansu_broker, kafka_settings); the shared models and
+# glioma study (models, glioma).
+pytest_plugins = ["tests.kafka_broker", "tests.studies"]
 
 POSTGRES_URL = os.environ.get(
     "NEUROGATE_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -32,10 +33,23 @@ LISTENER_ENGINE = os.environ.get("NEUROGATE_TEST_LISTENER_ENGINE", "auto")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """dcmtk is installed by scripts/setup; a missing tool is a failure, not a skip."""
+    """dcmtk is installed by scripts/setup; a missing tool is a failure, not a skip.
+
+    Every test has an ID of its own: schemathesis names its items after the API operation but
+    gives them all the test function's ID, and pytest-xdist's per-module scheduling (scripts/test
+    runs ``-n 2 --dist loadfile``) keeps one test per ID, so it would run one operation of 44.
+    """
     missing = [tool for tool in DCMTK_TOOLS if shutil.which(tool) is None]
     if missing and any(item.get_closest_marker("dcmtk") for item in items):
         raise pytest.UsageError(f"dcmtk tools missing: {missing}; run scripts/setup --test")
+    for item in items:
+        if item.parent is not None and not item.nodeid.endswith(f"::{item.name}"):
+            # As pytest builds a node's ID from its name (Node.__init__).
+            item._id = item.parent.id.child(item.name)
+    seen: set[str] = set()
+    shared = {item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)}
+    if shared:
+        raise pytest.UsageError(f"tests with the same ID (xdist would run one): {sorted(shared)}")
 
 
 @pytest.fixture(autouse=True)

@@ -28,9 +28,7 @@ from sqlalchemy import select
 from inference_worker.pipeline import Models
 from inference_worker.results.seg import SEGMENTS
 from inference_worker.service import WorkerService
-from models.registry import Task, manifest_for
-from models.synthetic import generate_case
-from models.synthetic.dicom import SyntheticStudy, write_dicom_study
+from models.synthetic.dicom import SyntheticStudy
 from neurogate.bus import open_bus
 from neurogate.db import create_db_engine, session_factory
 from neurogate.db.models import Analysis, Export, ExportStatus
@@ -40,7 +38,6 @@ from tests.harness import REPO, running_listener, storescu, wait_for
 from tests.ohif import OhifServer, ohif_dist
 from tests.orthanc import AE_TITLE, OrthancServer
 from tests.test_api_support import ADMIN, api_settings, served
-from tests.test_worker import PROFILE
 
 # The module fixture analyses a study (about 2 minutes here) before the first test runs.
 pytestmark = [pytest.mark.browser, pytest.mark.dcmtk, pytest.mark.timeout(600)]
@@ -82,11 +79,12 @@ def _settings(root: Path, orthanc: OrthancServer) -> Settings:
     return settings.model_copy(update={"export": export})
 
 
-def _analyse(settings: Settings, study: SyntheticStudy, orthanc: OrthancServer) -> None:
+def _analyse(
+    settings: Settings, study: SyntheticStudy, orthanc: OrthancServer, models: Models
+) -> None:
     """The study through the listener and the worker until the PACS has every result and the
     refusing destination's exports are parked."""
     engine = create_db_engine(settings.sqlalchemy_url)
-    models = Models.load_all({task: manifest_for(task) for task in Task})
     sessions = session_factory(engine)
 
     def parked() -> bool:
@@ -122,22 +120,21 @@ def _stored(orthanc: OrthancServer, study_uid: str, modality: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(
+    tmp_path_factory: pytest.TempPathFactory, models: Models, glioma: SyntheticStudy
+) -> Iterator[Node]:
     """The study in the PACS with the node's results; Orthanc, OHIF and the API running."""
     dist = ohif_dist()
     root = tmp_path_factory.mktemp("browser")
     orthanc = OrthancServer(root / "orthanc", free_port(), free_port())
     orthanc.start()
     try:
-        case = generate_case(810001, "glioma", voxel_mm=2.0)
-        study = write_dicom_study(
-            case, root / "study", seed=5, profile=PROFILE, patient_id="NG-B-1"
-        )
+        study = glioma
         # The scanner sends the study to the PACS too: the viewer shows the results on it.
         to_pacs = storescu(orthanc.dicom_port, study.files, called=AE_TITLE)
         assert to_pacs.returncode == 0, to_pacs.stderr
         settings = _settings(root, orthanc)
-        _analyse(settings, study, orthanc)
+        _analyse(settings, study, orthanc, models)
         engine = create_db_engine(settings.sqlalchemy_url)
         with session_factory(engine)() as session:
             findings = session.scalars(select(Analysis)).one().findings

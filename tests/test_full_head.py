@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference_worker.pipeline import Models, analyse, analyse_volumes, scan_folder
+from inference_worker.pipeline import analyse, analyse_volumes, scan_folder
 from inference_worker.selection import Role
 from inference_worker.volume import load_series
 from models import predict
@@ -62,11 +62,6 @@ FULL_HEAD = ScannerProfile(
 
 
 ROLES = {"t1": Role.T1, "t1ce": Role.T1CE, "t2": Role.T2, "flair": Role.FLAIR}
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
 
 
 def _intracranial_on(case, volume) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -21,7 +21,6 @@ from sqlalchemy import select
 
 from inference_worker.pipeline import Models
 from inference_worker.service import WorkerService
-from models.registry import Task, manifest_for
 from models.synthetic import generate_case
 from models.synthetic.dicom import SyntheticStudy, write_dicom_study
 from neurogate.bus import open_bus
@@ -38,11 +37,6 @@ from tests.test_results import pdf_text
 # normal whatever the seed; this is simply the one the test uses.
 NORMAL_SEED = 810103
 NEOPLASM, ABSENT = "108369006", "272519000"  # SCT
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
 
 
 @pytest.fixture(scope="module")

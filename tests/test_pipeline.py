@@ -11,7 +11,6 @@ import pytest
 from pydicom import dcmread
 
 from inference_worker.pipeline import (
-    Models,
     UnusableStudy,
     analyse,
     analyse_nifti,
@@ -20,7 +19,6 @@ from inference_worker.pipeline import (
     stored_study,
 )
 from inference_worker.selection import Role
-from models.registry import Task, manifest_for
 from models.synthetic import generate_case, region_volumes_ml
 from models.synthetic.acquisition import SeriesProtocol
 from models.synthetic.dicom import ScannerProfile, write_dicom_study
@@ -38,11 +36,6 @@ PROFILE = ScannerProfile(
         "flair": SeriesProtocol("flair", "axial", tilt_deg=-8.0, in_plane_mm=1.5, slice_mm=4.0),
     },
 )
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
 
 
 @pytest.fixture(scope="module")

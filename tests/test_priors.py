@@ -29,7 +29,6 @@ from inference_worker.analysis import Analysis
 from inference_worker.pipeline import Models
 from inference_worker.priors import STAGE, FollowUp, PriorsPacs, prior_event_id
 from inference_worker.service import WorkerService
-from models.registry import Task, manifest_for
 from models.synthetic import generate_case
 from models.synthetic.dicom import SyntheticStudy, write_dicom_study
 from neurogate.bus import open_bus
@@ -42,17 +41,12 @@ from tests.conftest import Database, free_port, make_settings
 from tests.dicomgen import write_mr_study
 from tests.harness import running_listener, storescu, study_row, wait_for
 from tests.orthanc import AE_TITLE, OrthancServer
+from tests.studies import PROFILE
 from tests.test_api_support import ADMIN, admin_headers, running_app
 from tests.test_results import dciodvfy_errors, pdf_text
-from tests.test_worker import PROFILE
 
 PATIENT = "NG-PRIOR-1"
 PRIOR_DATE, CURRENT_DATE = "20250304", "20260302"
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
 
 
 def _study(folder: Path, case_seed: int, date: str) -> SyntheticStudy:

@@ -38,8 +38,7 @@ from inference_worker.routing import (
 )
 from inference_worker.service import ROUTED_TOPICS, WorkerService
 from models.registry import Task, default_manifest, manifest_for
-from models.synthetic import generate_case
-from models.synthetic.dicom import SyntheticStudy, write_dicom_study
+from models.synthetic.dicom import SyntheticStudy
 from neurogate.bus import Bus, ensure_service_topics, open_bus
 from neurogate.bus.runner import consume
 from neurogate.db.models import Analysis, AnalysisStatus, Export, RoutingDecision
@@ -55,7 +54,7 @@ from tests.conftest import Database, free_port, make_settings
 from tests.dicomgen import write_mr_study
 from tests.harness import running_listener, settings_env, storescu, wait_for
 from tests.test_api_support import admin_headers, api_settings, running_app
-from tests.test_worker import PROFILE, _stored_event
+from tests.test_worker import _stored_event
 
 REPO = Path(__file__).resolve().parents[1]
 MR = "1.2.840.10008.5.1.4.1.1.4"
@@ -215,16 +214,9 @@ def _event(settings: Settings, tmp_path: Path, name: str, description: str) -> S
 # -- what a rule decides: models and destinations -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def glioma(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
-    case = generate_case(810001, "glioma", voxel_mm=2.0)
-    folder = tmp_path_factory.mktemp("glioma")
-    return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-1")
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_rules_model_set_and_destinations_decide_the_classifier_and_where_results_go(
-    tmp_path: Path, database: Database, glioma: SyntheticStudy
+    tmp_path: Path, database: Database, glioma: SyntheticStudy, models: Models
 ) -> None:
     shipped = default_manifest(Task.CLASSIFICATION)
     site = tmp_path / "site-classifier.toml"
@@ -257,7 +249,6 @@ classification = "{site.name}"
             "routing": RoutingSettings(rules_file=rules),
         }
     )
-    models = Models.load_all({task: manifest_for(task) for task in Task})
     event = _stored_event(settings, glioma)
     with _worker(settings, database, models) as bus:
         publisher = bus.publisher()

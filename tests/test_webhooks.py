@@ -34,9 +34,7 @@ from inference_worker.notify import (
     TIMESTAMP_HEADER,
 )
 from inference_worker.pipeline import Models
-from models.registry import Task, manifest_for
-from models.synthetic import generate_case
-from models.synthetic.dicom import SyntheticStudy, write_dicom_study
+from models.synthetic.dicom import SyntheticStudy
 from neurogate.bus import open_bus
 from neurogate.db.models import Analysis, AnalysisStatus, DeliveryStatus, WebhookDelivery
 from neurogate.settings import (
@@ -51,7 +49,7 @@ from tests.conftest import Database, free_port, make_settings
 from tests.harness import running_listener, storescu, wait_for
 from tests.test_api_support import admin_headers, api_settings, running_app
 from tests.test_routing import NO_MODELS, _event, _worker
-from tests.test_worker import PROFILE, _files
+from tests.test_worker import _files
 
 SECRET = "s3cret-for-the-ehr-engine"
 SNOMED, LOINC = "http://snomed.info/sct", "http://loinc.org"
@@ -211,20 +209,13 @@ def test_a_receiver_that_is_down_is_retried_until_it_answers(
 # -- the FHIR report of a real analysis ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def glioma(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
-    case = generate_case(810001, "glioma", voxel_mm=2.0)
-    folder = tmp_path_factory.mktemp("glioma")
-    return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-1")
-
-
 def _coded(concept: dict[str, Any], system: str, code: str) -> bool:
     return any(c["system"] == system and c["code"] == code for c in concept.get("coding", []))
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_completed_analysis_is_a_fhir_diagnostic_report_with_its_observations(
-    tmp_path: Path, database: Database, glioma: SyntheticStudy
+    tmp_path: Path, database: Database, glioma: SyntheticStudy, models: Models
 ) -> None:
     with receiving([]) as receiver:
         settings = _settings(tmp_path, database, receiver.url).model_copy(
@@ -239,7 +230,6 @@ def test_a_completed_analysis_is_a_fhir_diagnostic_report_with_its_observations(
                 )
             }
         )
-        models = Models.load_all({task: manifest_for(task) for task in Task})
         with running_listener(settings) as listener, _worker(settings, database, models):
             sent = storescu(listener.address[1], _files(glioma))
             assert sent.returncode == 0, sent.stderr

@@ -25,10 +25,8 @@ from inference_worker import pipeline, service, volume
 from inference_worker.exporter import Exporter, plan_exports
 from inference_worker.pipeline import Models
 from inference_worker.service import Worker, WorkerService
-from models.registry import Task, manifest_for
 from models.synthetic import generate_case
-from models.synthetic.acquisition import SeriesProtocol
-from models.synthetic.dicom import ScannerProfile, SyntheticStudy, write_dicom_study
+from models.synthetic.dicom import SyntheticStudy
 from models.synthetic.nifti import write_nifti
 from neurogate.bus import Message, open_bus
 from neurogate.bus.runner import PoisonMessage
@@ -57,29 +55,7 @@ from tests.conftest import Database, free_port, make_settings
 from tests.harness import running_listener, storescu, wait_for
 from tests.orthanc import AE_TITLE, OrthancServer
 
-PROFILE = ScannerProfile(
-    vendor="siemens",
-    field_strength=3.0,
-    protocols={
-        "t1": SeriesProtocol("t1", "sagittal", in_plane_mm=2.0, slice_mm=2.0, three_d=True),
-        "t1ce": SeriesProtocol("t1ce", "axial", in_plane_mm=2.0, slice_mm=2.0, three_d=True),
-        "t2": SeriesProtocol("t2", "axial", tilt_deg=10.0, in_plane_mm=2.0, slice_mm=5.0),
-        "flair": SeriesProtocol("flair", "axial", in_plane_mm=2.0, slice_mm=4.0),
-    },
-)
 RESULT_MODALITIES = {"SEG": 1, "SR": 1, "OT": 1, "DOC": 1}  # Grad-CAM capture: OT
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
-
-
-@pytest.fixture(scope="module")
-def glioma(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
-    case = generate_case(810001, "glioma", voxel_mm=2.0)
-    folder = tmp_path_factory.mktemp("glioma")
-    return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-1")
 
 
 @pytest.fixture

@@ -29,9 +29,7 @@ from sqlalchemy import select
 from inference_worker import service
 from inference_worker.pipeline import Models, StudyFiles
 from inference_worker.service import GROUP_ID, Worker, WorkerService
-from models.registry import Task, manifest_for
-from models.synthetic import generate_case
-from models.synthetic.dicom import SyntheticStudy, write_dicom_study
+from models.synthetic.dicom import SyntheticStudy
 from neurogate.bus import Bus, Message, open_bus
 from neurogate.bus.runner import ERROR_HEADER, consume
 from neurogate.db import create_db_engine, session_factory, upgrade_to_head
@@ -42,22 +40,10 @@ from schemas.topics import Topic, dead_letter_topic
 from tests.bombs import nifti_bomb, write_rle_bomb
 from tests.conftest import Database, make_settings
 from tests.harness import wait_for
-from tests.test_worker import PROFILE, _stored_event
+from tests.test_worker import _stored_event
 
 REPO = Path(__file__).resolve().parents[1]
 NO_MODELS = Models({}, {})  # for studies that fail before any model runs
-
-
-@pytest.fixture(scope="module")
-def models() -> Models:
-    return Models.load_all({task: manifest_for(task) for task in Task})
-
-
-@pytest.fixture(scope="module")
-def glioma(tmp_path_factory: pytest.TempPathFactory) -> SyntheticStudy:
-    case = generate_case(810001, "glioma", voxel_mm=2.0)
-    folder = tmp_path_factory.mktemp("glioma")
-    return write_dicom_study(case, folder, seed=5, profile=PROFILE, patient_id="NG-TEST-1")
 
 
 def _analysis(database: Database, event_id: uuid.UUID) -> Analysis | None:
