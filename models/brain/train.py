@@ -130,7 +130,7 @@ def training_pair(head: HeadLabels, rng: np.random.Generator) -> tuple[np.ndarra
     of each voxel that is intracranial."""
     offset = rng.uniform([-15, -15, -35], [15, 15, 25])
     grid = brain_grid(head.centre_lps + offset)
-    fine_shape = tuple(n * _FINE for n in GRID_SHAPE)
+    fine_shape = (GRID_SHAPE[0] * _FINE, GRID_SHAPE[1] * _FINE, GRID_SHAPE[2] * _FINE)
     fine_spacing = grid.spacing / _FINE
     origin = grid.origin - grid.direction @ (grid.spacing - fine_spacing) / 2
     points = grid_points(origin, fine_spacing, grid.direction, fine_shape)
