@@ -51,6 +51,12 @@ def _analysis(database: Database, event_id: uuid.UUID) -> Analysis | None:
         return session.scalar(select(Analysis).where(Analysis.request_event_id == str(event_id)))
 
 
+def _failed(database: Database, event_id: uuid.UUID) -> Analysis | None:
+    """The analysis row of ``event_id`` once it has failed, else None (for :func:`wait_for`)."""
+    row = _analysis(database, event_id)
+    return row if row is not None and row.status == AnalysisStatus.FAILED else None
+
+
 def _publish(bus: Bus, *events: StudyReceived | AnalysisRequested) -> None:
     publisher = bus.publisher()
     for event in events:  # one key: one partition, in this order
@@ -194,12 +200,8 @@ def test_a_message_whose_attempts_never_came_back_is_dead_lettered_and_the_queue
     bus = open_bus(settings.bus, settings.embedded_bus_path)
     _publish(bus, stuck, behind)
 
-    def behind_failed() -> Analysis | None:
-        row = _analysis(database, behind.event_id)
-        return row if row is not None and row.status == AnalysisStatus.FAILED else None
-
     with _consuming(Worker(settings, database.sessions, NO_MODELS), bus, settings):
-        failed_behind = wait_for(behind_failed, timeout=60)
+        failed_behind = wait_for(lambda: _failed(database, behind.event_id), timeout=60)
 
     row = _analysis(database, stuck.event_id)
     assert row is not None and row.status == AnalysisStatus.FAILED
@@ -227,12 +229,8 @@ def test_a_study_whose_pixel_data_cannot_be_decoded_fails_once_with_the_reason(
     bus = open_bus(settings.bus, settings.embedded_bus_path)
     _publish(bus, event)
 
-    def finished() -> Analysis | None:
-        row = _analysis(database, event.event_id)
-        return row if row is not None and row.status == AnalysisStatus.FAILED else None
-
     with _consuming(Worker(settings, database.sessions, NO_MODELS), bus, settings):
-        row = wait_for(finished, timeout=120)
+        row = wait_for(lambda: _failed(database, event.event_id), timeout=120)
 
     assert row.attempts == 1
     reason = row.error or ""
@@ -274,12 +272,8 @@ def test_other_errors_are_retried_and_dead_lettered_after_the_last_attempt(
     bus = open_bus(settings.bus, settings.embedded_bus_path)
     _publish(bus, flaky, buggy)
 
-    def finished() -> Analysis | None:
-        row = _analysis(database, buggy.event_id)
-        return row if row is not None and row.status == AnalysisStatus.FAILED else None
-
     with _consuming(Worker(settings, database.sessions, NO_MODELS), bus, settings):
-        gave_up = wait_for(finished, timeout=60)
+        gave_up = wait_for(lambda: _failed(database, buggy.event_id), timeout=60)
 
     retried = _analysis(database, flaky.event_id)
     assert retried is not None and retried.status == AnalysisStatus.FAILED
