@@ -82,7 +82,6 @@ def _own_skull(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The layers between brain and scalp redrawn with this head's thicknesses; the new
     intracranial space (inside the inner table, and the pituitary fossa)."""
-    code = {name: n for n, name in enumerate(TISSUES, start=1)}
     d = anatomy.outside_mm
 
     def thickness(low: float, high: float) -> np.ndarray:
@@ -94,14 +93,15 @@ def _own_skull(
     marrow = inner + thickness(0.3, 4.0)
     outer = marrow + thickness(0.8, 2.5)
     fossa = anatomy.pituitary_fossa() & ~anatomy.brain
-    cranial = np.isin(labels, [code["rim"], code["bone"], code["marrow"]])
-    grown = np.isin(labels, [code["fat"], code["muscle"]]) & (d < outer) & (d < OUTER_TABLE_MM + 3)
+    cranial = np.isin(labels, [code_of("rim"), code_of("bone"), code_of("marrow")])
+    scalp = np.isin(labels, [code_of("fat"), code_of("muscle")])
+    grown = scalp & (d < outer) & (d < OUTER_TABLE_MM + 3)
     region = (cranial | grown) & ~anatomy.brain & ~fossa
-    new = np.full(labels.shape, code["muscle" if rng.random() < 0.5 else "fat"], np.uint8)
-    new[d < outer] = code["bone"]
-    new[d < marrow] = code["marrow"]
-    new[d < inner] = code["bone"]
-    new[d < rim] = code["rim"]
+    new = np.full(labels.shape, code_of("muscle" if rng.random() < 0.5 else "fat"), np.uint8)
+    new[d < outer] = code_of("bone")
+    new[d < marrow] = code_of("marrow")
+    new[d < inner] = code_of("bone")
+    new[d < rim] = code_of("rim")
     if rng.random() < 0.6:
         new[(d < rim) & (d >= rim - rng.uniform(0.6, 1.5))] = _DURA
     labels = np.where(region, new, labels)
