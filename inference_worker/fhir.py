@@ -288,10 +288,12 @@ def _observations(findings: Findings) -> list[dict[str, Any]]:
 
 
 def _conclusion(findings: Findings) -> str:
+    from inference_worker.results.common import decision_basis
+
     if findings.detection is None:
         return "No detection was made: " + (", ".join(findings.skipped.values()) or "see SR")
     if not findings.detection.tumour:
-        return f"No tumour found (detector probability {findings.detection.probability:.2f})."
+        return f"No tumour found. {decision_basis(findings)}"
     parts = ["Tumour found"]
     if findings.classification is not None:
         parts.append(f"class {findings.classification.label}")

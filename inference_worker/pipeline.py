@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -351,14 +351,21 @@ def _analyse(
 
     segmentation, region_masks, masks = None, None, None
     missing = [role.value for role in CHANNELS if role not in channels]
-    if not detection.tumour:
-        skipped["segmentation"] = "no tumour detected"
-    elif missing:
+    if missing:
         skipped["segmentation"] = f"missing {', '.join(missing)}"
     else:
         image = np.stack([channels[role] for role in CHANNELS])
         net, window = loaded[Task.SEGMENTATION], manifests[Task.SEGMENTATION].window
         masks = timed("segmentation", lambda: predict.segment(net, image, window, inside))
+    decision = predict.decide(detection, masks, study.grid.voxel_volume_ml)
+    detection = replace(detection, tumour=decision.tumour)
+    if masks is not None and not decision.tumour:
+        skipped["segmentation"] = (
+            f"no tumour: {decision.whole_tumour_ml:.2f} mL of whole tumour inside the brain, "
+            f"under the {predict.MIN_WHOLE_TUMOUR_ML} mL a finding needs"
+        )
+        masks = None
+    elif masks is not None:
         if prepared.files:
             region_masks = timed(
                 "masks_to_source", lambda: _on_reference(prepared, study.grid, masks)
@@ -418,10 +425,17 @@ def _analyse(
         rejected=prepared.selection.rejected,
         brain=BrainFinding(volume_ml=round(study.brain.volume_ml, 1), series_role=brain_role.value),
         detection=DetectionFinding(
-            tumour=detection.tumour,
+            tumour=decision.tumour,
             probability=round(detection.probability, 4),
             series_role=detect_role.value,
             planes=[int(k) for k in detection.planes],
+            decided_by=decision.decided_by,
+            whole_tumour_ml=(
+                None if decision.whole_tumour_ml is None else round(decision.whole_tumour_ml, 2)
+            ),
+            min_whole_tumour_ml=(
+                None if decision.whole_tumour_ml is None else predict.MIN_WHOLE_TUMOUR_ML
+            ),
         ),
         classification=classification,
         segmentation=segmentation,

@@ -81,6 +81,26 @@ def test_detection_classification_and_grad_cam(manifests, glioma) -> None:  # ty
     ).tumour
 
 
+def test_the_segmentation_decides_tumour_or_not_and_the_detector_only_without_it() -> None:
+    """Whole tumour inside the brain decides, whatever the detector says; no masks: the detector."""
+    confident = predict.Detection(True, 0.99, np.array([0.99]), np.array([10]))
+    unsure = predict.Detection(False, 0.4, np.array([0.4]), np.array([10]))
+    voxel_ml = 0.008  # 2 mm voxels
+    wt = np.zeros((20, 20, 20), bool)
+    wt.flat[: int(0.4 / voxel_ml)] = True  # 0.4 mL: under the minimum
+    masks = {"WT": wt}
+
+    below = predict.decide(confident, masks, voxel_ml)
+    assert not below.tumour and below.decided_by == "segmentation"
+    assert below.whole_tumour_ml == pytest.approx(0.4)
+    wt.flat[: int(0.6 / voxel_ml)] = True  # 0.6 mL
+    above = predict.decide(unsure, masks, voxel_ml)
+    assert above.tumour and above.whole_tumour_ml == pytest.approx(0.6)
+    assert predict.MIN_WHOLE_TUMOUR_ML == 0.5
+    assert predict.decide(confident, None, voxel_ml) == predict.Decision(True, "detector", None)
+    assert not predict.decide(unsure, None, voxel_ml).tumour
+
+
 def test_a_224x224_rgb_keras_classifier_plugs_in_by_manifest(tmp_path: Path, glioma) -> None:  # type: ignore[no-untyped-def]
     """What hospitals have: a Kaggle-style 224x224 RGB classifier saved as .h5."""
     import keras

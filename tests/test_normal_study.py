@@ -31,7 +31,7 @@ from tests.conftest import free_port, make_settings
 from tests.harness import running_listener, storescu, wait_for
 from tests.orthanc import AE_TITLE, OrthancServer
 from tests.test_full_head import FULL_HEAD
-from tests.test_results import pdf_text
+from tests.test_results import _content_values, pdf_text
 
 # A held-out seed (training uses 0.., the benchmark 500000..): a normal study must come out
 # normal whatever the seed; this is simply the one the test uses.
@@ -100,9 +100,12 @@ def test_a_tumour_free_study_comes_back_as_an_absent_sr_and_a_pdf_only(
     with sessions() as session:
         analysis = session.scalars(select(Analysis)).one()
         assert analysis.status == AnalysisStatus.COMPLETED and analysis.findings is not None
-        assert analysis.findings["detection"]["tumour"] is False
+        decided = analysis.findings["detection"]
+        assert decided["tumour"] is False and decided["decided_by"] == "segmentation"
+        assert decided["whole_tumour_ml"] < decided["min_whole_tumour_ml"]
         assert analysis.findings["classification"] is None
-        assert analysis.findings["skipped"]["segmentation"] == "no tumour detected"
+        assert analysis.findings["skipped"]["segmentation"].startswith("no tumour: ")
+        assert analysis.findings["segmentation"] is None
         assert analysis.findings["brain"]["volume_ml"] > 500
         assert sorted(o.kind for o in analysis.objects) == ["pdf", "sr"]
     engine.dispose()
@@ -111,7 +114,12 @@ def test_a_tumour_free_study_comes_back_as_an_absent_sr_and_a_pdf_only(
     results = {i["Modality"] for i in orthanc.instances(uid)} - {"MR"}
     assert results == {"SR", "DOC"}
 
-    report = hd.sr.Comprehensive3DSR.from_dataset(_download(orthanc, uid, "SR")).content
+    sr = _download(orthanc, uid, "SR")
+    # What decided "absent" goes with the detection's algorithm: the segmentation's whole tumour.
+    values = _content_values(sr)
+    assert any(v.startswith("decided_by=segmentation") for v in values)
+    assert f"whole_tumour_ml={decided['whole_tumour_ml']}" in values
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     assert isinstance(report, hd.sr.MeasurementReport)
     assert report.get_volumetric_roi_measurement_groups() == []
     groups = {str(g.tracking_identifier): g for g in report.get_image_measurement_groups()}
@@ -134,4 +142,5 @@ def test_a_tumour_free_study_comes_back_as_an_absent_sr_and_a_pdf_only(
     pdf = _download(orthanc, uid, "DOC")
     text = pdf_text(bytes(pdf.EncapsulatedDocument)[: int(pdf.EncapsulatedDocumentLength)])
     assert "No tumour found." in text
+    assert "The 3D segmentation marked" in text
     assert "Tumour class" not in text and "Tumour volumes" not in text

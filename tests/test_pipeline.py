@@ -60,7 +60,8 @@ def test_a_full_study_is_detected_classified_and_segmented(glioma_study, models)
         "FLAIR": study.series["flair"].series_instance_uid,
     }
     assert len(findings.rejected) == 2  # the localiser and the diffusion trace
-    assert findings.detection is not None and findings.detection.tumour
+    detection = findings.detection
+    assert detection is not None and detection.tumour and detection.decided_by == "segmentation"
     assert findings.classification is not None and findings.classification.label == "glioma"
     segmentation = findings.segmentation
     assert segmentation is not None and findings.skipped == {}
@@ -106,7 +107,11 @@ def test_a_flair_only_study_skips_segmentation_and_says_why(
     findings = analyse(scan_folder(folder), models).findings
 
     assert findings.missing == ["T1", "T1CE", "T2"]
-    assert findings.detection is not None and findings.detection.series_role == "FLAIR"
+    detection = findings.detection
+    assert detection is not None and detection.series_role == "FLAIR"
+    # Without the segmentation, the detector decides.
+    assert detection.tumour and detection.decided_by == "detector"
+    assert detection.whole_tumour_ml is None
     assert findings.classification is not None
     assert findings.segmentation is None
     assert findings.skipped == {"segmentation": "missing T1, T1CE, T2"}

@@ -87,14 +87,32 @@ def frame_pixels(
 
 
 def tumour_found(findings: Findings) -> bool:
-    """Whether the result objects report a tumour: the detection decides.
+    """Whether the result objects report a tumour: the detection finding decides.
 
-    Classification and segmentation follow the detection, never overrule it: a study the
-    detector calls tumour-free gets no tumour class, no tumour SEG, no tumour volumes and no
-    Grad-CAM, whatever masks the segmentation network drew. Without a detection there is
-    nothing that says a tumour was found.
+    Its ``tumour`` is the segmentation's whole tumour inside the brain when the segmentation ran,
+    else the detector's call (``decided_by``). Classification and segmentation follow it, never
+    overrule it: a study found tumour-free gets no tumour class, no tumour SEG, no tumour
+    volumes and no Grad-CAM, whatever masks the segmentation network drew. Without a detection
+    there is nothing that says a tumour was found.
     """
     return findings.detection is not None and findings.detection.tumour
+
+
+def decision_basis(findings: Findings) -> str:
+    """One sentence on what decided tumour or not, for the PDF and the FHIR conclusion."""
+    detection = findings.detection
+    if detection is None:
+        return ""
+    probability = (
+        f"the detector's probability of a tumour was {detection.probability:.2f} "
+        f"({detection.series_role} series)"
+    )
+    if detection.decided_by == "segmentation" and detection.whole_tumour_ml is not None:
+        return (
+            f"The 3D segmentation marked {detection.whole_tumour_ml:.2f} mL of whole tumour inside "
+            f"the brain (a finding needs {detection.min_whole_tumour_ml} mL); {probability}."
+        )
+    return f"Decided by the detector: {probability}."
 
 
 def assigned_class(findings: Findings) -> str | None:

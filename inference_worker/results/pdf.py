@@ -48,6 +48,7 @@ from inference_worker.results.common import (
     SOFTWARE_VERSION,
     assigned_class,
     copy_patient_study,
+    decision_basis,
     frame_pixels,
     new_uid,
     plane_ranges,
@@ -254,22 +255,9 @@ def _findings(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle)
     findings, story = analysis.findings, []
     story.append(Paragraph("Findings", heading))
     detection, tumour = findings.detection, tumour_found(findings)
-    if detection is not None and not tumour:
-        story.append(
-            Paragraph(
-                f"<b>No tumour found.</b> The detector's probability of a tumour was "
-                f"{detection.probability:.2f} ({_escape(detection.series_role)} series).",
-                body,
-            )
-        )
-    elif detection is not None:
-        story.append(
-            Paragraph(
-                f"<b>Detection:</b> Tumour present (probability of tumour "
-                f"{detection.probability:.2f}, {_escape(detection.series_role)} series).",
-                body,
-            )
-        )
+    if detection is not None:
+        verdict = "No tumour found." if not tumour else "Detection: Tumour present."
+        story.append(Paragraph(f"<b>{verdict}</b> {_escape(decision_basis(findings))}", body))
     if findings.brain is not None:
         story.append(
             Paragraph(

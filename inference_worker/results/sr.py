@@ -1,6 +1,8 @@
 """The findings as a TID 1500 Measurement Report (Comprehensive 3D SR) a PACS can index.
 
-One measurement group for the detection (neoplasm present or absent, with its probability) and,
+One measurement group for the detection (neoplasm present or absent, with the detector's
+probability; what decided it, the 3D segmentation's whole tumour inside the brain or the
+detector, goes with the algorithm's identification as parameters) and,
 when the brain was extracted, one for the intracranial volume. When the detector found a tumour,
 also one for the tumour class (with the probability of each class and the planes it was decided
 on) and, when segmentation ran, one per region (WT, TC, ET) with its volume, pointing at the
@@ -46,7 +48,7 @@ from inference_worker.results.seg import (
     SEGMENTS,
 )
 from neurogate.settings import ResultSettings
-from schemas.findings import ModelVersion
+from schemas.findings import Findings, ModelVersion
 
 SERIES_DESCRIPTION = "NeuroGate tumour report"
 PROCEDURE_MR_BRAIN = codes.LN.BrainMRI  # LN 24590-2
@@ -120,6 +122,20 @@ def _probability(value: float, where: Where, name: Code = PROBABILITY) -> hd.sr.
     )
 
 
+def _decision(findings: Findings) -> list[str]:
+    """What decided present or absent, as algorithm parameters of the detection group."""
+    detection = findings.detection
+    if detection is None or detection.decided_by != "segmentation":
+        return ["decided_by=detector"]
+    segmentation = findings.models.get("segmentation")
+    by = f"{segmentation.name} {segmentation.version}" if segmentation else "segmentation"
+    return [
+        f"decided_by=segmentation ({by})",
+        f"whole_tumour_ml={detection.whole_tumour_ml}",
+        f"min_whole_tumour_ml={detection.min_whole_tumour_ml}",
+    ]
+
+
 def _finding_groups(
     analysis: Analysis, settings: ResultSettings, where: Where
 ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
@@ -131,7 +147,7 @@ def _finding_groups(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking("Tumour detection", settings),
                 finding_type=NEOPLASM,
-                algorithm_id=_algorithm(findings.models.get("detection")),
+                algorithm_id=_algorithm(findings.models.get("detection"), _decision(findings)),
                 qualitative_evaluations=[
                     hd.sr.QualitativeEvaluation(NEOPLASM, PRESENT if detection.tumour else ABSENT)
                 ],
