@@ -117,7 +117,9 @@ def evaluate(
         basis = (
             ""
             if detection is None
-            else (f"p {detection.probability:.2f} WT in brain {detection.whole_tumour_ml} mL ")
+            else (
+                f"p {detection.probability:.2f} largest WT region {detection.largest_lesion_ml} mL "
+            )
         )
         print(f"{name} case {n + 1} (seed {seed}): {tumour_type:<10} detected {found} "
               f"class {classes[-1][1] if tumour_type != 'none' else '-':<10} {basis}"

@@ -361,8 +361,9 @@ def _analyse(
     detection = replace(detection, tumour=decision.tumour)
     if masks is not None and not decision.tumour:
         skipped["segmentation"] = (
-            f"no tumour: {decision.whole_tumour_ml:.2f} mL of whole tumour inside the brain, "
-            f"under the {predict.MIN_WHOLE_TUMOUR_ML} mL a finding needs"
+            f"no tumour: the largest region of whole tumour inside the brain "
+            f"{decision.largest_lesion_ml:.2f} mL, under the {predict.MIN_LESION_ML} mL "
+            "a finding needs"
         )
         masks = None
     elif masks is not None:
@@ -430,12 +431,10 @@ def _analyse(
             series_role=detect_role.value,
             planes=[int(k) for k in detection.planes],
             decided_by=decision.decided_by,
-            whole_tumour_ml=(
-                None if decision.whole_tumour_ml is None else round(decision.whole_tumour_ml, 2)
+            largest_lesion_ml=(
+                None if decision.largest_lesion_ml is None else round(decision.largest_lesion_ml, 2)
             ),
-            min_whole_tumour_ml=(
-                None if decision.whole_tumour_ml is None else predict.MIN_WHOLE_TUMOUR_ML
-            ),
+            min_lesion_ml=(None if decision.largest_lesion_ml is None else predict.MIN_LESION_ML),
         ),
         classification=classification,
         segmentation=segmentation,

@@ -37,12 +37,13 @@ class DetectionFinding(_Strict):
     # Axial planes (k, inferior to superior, on the 2 mm canonical grid) the detector judged:
     # only planes that hold brain.
     planes: list[int] = Field(default_factory=list)
-    # What decided ``tumour``: "segmentation" (whole tumour inside the brain, at least
-    # min_whole_tumour_ml, whatever the detector's probability) or "detector" (its probability,
-    # when the segmentation could not run: a contrast missing). Additive to schema version 2.
+    # What decided ``tumour``: "segmentation" (its largest connected region of whole tumour
+    # inside the brain, at least min_lesion_ml, whatever the detector's probability) or
+    # "detector" (its probability, when the segmentation could not run: a contrast missing).
+    # Additive to schema version 2.
     decided_by: str = "detector"
-    whole_tumour_ml: float | None = Field(default=None, ge=0)
-    min_whole_tumour_ml: float | None = Field(default=None, ge=0)
+    largest_lesion_ml: float | None = Field(default=None, ge=0)
+    min_lesion_ml: float | None = Field(default=None, ge=0)
 
 
 class ClassificationFinding(_Strict):

@@ -82,7 +82,8 @@ def test_detection_classification_and_grad_cam(manifests, glioma) -> None:  # ty
 
 
 def test_the_segmentation_decides_tumour_or_not_and_the_detector_only_without_it() -> None:
-    """Whole tumour inside the brain decides, whatever the detector says; no masks: the detector."""
+    """The largest whole-tumour region inside the brain decides, whatever the detector says; no
+    masks: the detector."""
     confident = predict.Detection(True, 0.99, np.array([0.99]), np.array([10]))
     unsure = predict.Detection(False, 0.4, np.array([0.4]), np.array([10]))
     voxel_ml = 0.008  # 2 mm voxels
@@ -92,11 +93,16 @@ def test_the_segmentation_decides_tumour_or_not_and_the_detector_only_without_it
 
     below = predict.decide(confident, masks, voxel_ml)
     assert not below.tumour and below.decided_by == "segmentation"
-    assert below.whole_tumour_ml == pytest.approx(0.4)
+    assert below.largest_lesion_ml == pytest.approx(0.4)
     wt.flat[: int(0.6 / voxel_ml)] = True  # 0.6 mL
     above = predict.decide(unsure, masks, voxel_ml)
-    assert above.tumour and above.whole_tumour_ml == pytest.approx(0.6)
-    assert predict.MIN_WHOLE_TUMOUR_ML == 0.5
+    assert above.tumour and above.largest_lesion_ml == pytest.approx(0.6)
+    assert predict.MIN_LESION_ML == 0.5
+    # Two regions of 0.3 mL each, apart: scattered voxels, not one lesion.
+    apart = np.zeros((20, 20, 20), bool)
+    apart[0, :, :2] = apart[0, :, 18:] = True  # 2 x 40 voxels, ten columns apart
+    scattered = predict.decide(confident, {"WT": apart[:, :19]}, voxel_ml)
+    assert not scattered.tumour and scattered.largest_lesion_ml == pytest.approx(0.304)
     assert predict.decide(confident, None, voxel_ml) == predict.Decision(True, "detector", None)
     assert not predict.decide(unsure, None, voxel_ml).tumour
 

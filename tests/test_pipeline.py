@@ -111,7 +111,7 @@ def test_a_flair_only_study_skips_segmentation_and_says_why(
     assert detection is not None and detection.series_role == "FLAIR"
     # Without the segmentation, the detector decides.
     assert detection.tumour and detection.decided_by == "detector"
-    assert detection.whole_tumour_ml is None
+    assert detection.largest_lesion_ml is None
     assert findings.classification is not None
     assert findings.segmentation is None
     assert findings.skipped == {"segmentation": "missing T1, T1CE, T2"}

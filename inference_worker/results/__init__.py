@@ -51,12 +51,12 @@ def build_result_objects(
 ) -> list[ResultObject]:
     """Every result object the findings allow, in the order they should be sent.
 
-    The detection decides what is reported. With a tumour found: the SEG when there are masks
-    and a segmentation finding, the Grad-CAM capture when there is a Grad-CAM of the class the
-    classifier assigned. With no tumour found, neither: masks the segmentation network drew
-    on a study the detector calls tumour-free are not a tumour and yield no SEG, and there is
-    no class to explain. The SR and the PDF always come (they say what was found, what did
-    not run and why).
+    The detection finding's decision (:func:`~models.predict.decide`) says what is reported.
+    With a tumour found: the SEG when there are masks and a segmentation finding, the Grad-CAM
+    capture when there is a Grad-CAM of the class the classifier assigned. With no tumour
+    found, neither: masks on a study found tumour-free are not a tumour and yield no SEG, and
+    there is no class to explain. The SR and the PDF always come (they say what was found, what
+    did not run and why).
 
     Parameters
     ----------

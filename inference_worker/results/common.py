@@ -107,10 +107,11 @@ def decision_basis(findings: Findings) -> str:
         f"the detector's probability of a tumour was {detection.probability:.2f} "
         f"({detection.series_role} series)"
     )
-    if detection.decided_by == "segmentation" and detection.whole_tumour_ml is not None:
+    if detection.decided_by == "segmentation" and detection.largest_lesion_ml is not None:
         return (
-            f"The 3D segmentation marked {detection.whole_tumour_ml:.2f} mL of whole tumour inside "
-            f"the brain (a finding needs {detection.min_whole_tumour_ml} mL); {probability}."
+            f"The 3D segmentation's largest region of whole tumour inside the brain was "
+            f"{detection.largest_lesion_ml:.2f} mL (a finding needs {detection.min_lesion_ml} mL); "
+            f"{probability}."
         )
     return f"Decided by the detector: {probability}."
 

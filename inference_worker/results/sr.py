@@ -16,7 +16,7 @@ image. With a follow-up comparison (``Findings.prior``), one more group per regi
 now and at the prior study, the change in mL and in percent (DCM 125314 "Fractional Change"),
 in a Time Point Context (TID 1502) naming both study dates with the days since the prior.
 A tumour-free study's report says "Neoplasm: Absent" and holds no tumour class or volumes: the
-detection decides (:func:`~inference_worker.results.common.tumour_found`).
+detection finding's decision says (:func:`~inference_worker.results.common.tumour_found`).
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def _decision(findings: Findings) -> list[str]:
     by = f"{segmentation.name} {segmentation.version}" if segmentation else "segmentation"
     return [
         f"decided_by=segmentation ({by})",
-        f"whole_tumour_ml={detection.whole_tumour_ml}",
-        f"min_whole_tumour_ml={detection.min_whole_tumour_ml}",
+        f"largest_lesion_ml={detection.largest_lesion_ml}",
+        f"min_lesion_ml={detection.min_lesion_ml}",
     ]
 
 

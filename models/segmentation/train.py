@@ -93,7 +93,10 @@ def validate(net: UNet3D, paths: list[Path]) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=Path, default=Path("var/training/examples"))
+    parser.add_argument(
+        "--examples", type=Path, nargs="+", default=[Path("var/training/examples")],
+        help="folders of examples, drawn from in equal shares (e.g. thin-skull and whole heads)",
+    )  # fmt: skip
     parser.add_argument("--validation", type=Path, default=Path("var/training/validation"))
     parser.add_argument("--out", type=Path, default=Path("models/segmentation/weights.pth"))
     parser.add_argument("--iterations", type=int, default=1200)
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=1, help="patches per step")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--init", type=Path, help="weights to start from (a fine-tune)")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument(
         "--patch", default=",".join(map(str, PATCH)), help=f"crop size k,j,i (grid: {GRID_SHAPE})"
@@ -113,15 +117,19 @@ def main() -> None:
     device = torch.device(args.device)
     rng = np.random.default_rng(0)
     net = UNet3D(base=args.base).to(device)
+    if args.init is not None:
+        net.load_state_dict(torch.load(args.init, map_location=device, weights_only=True))
     optimiser = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     validation = sorted(args.validation.glob("*.npz"))[:16]
     cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     started = time.time()
     for it in range(1, args.iterations + 1):
         # The example set may still be growing while training starts: look again each step.
-        paths = sorted(args.examples.glob("*[0-9].npz"))
+        folders = [sorted(folder.glob("*[0-9].npz")) for folder in args.examples]
+        folders = [paths for paths in folders if paths]
         batch = []
         for _ in range(args.batch):
+            paths = folders[rng.integers(len(folders))]
             path = paths[rng.integers(len(paths))]
             if path not in cache:
                 cache[path] = load(path)
@@ -136,7 +144,7 @@ def main() -> None:
         optimiser.step()
         if it % 25 == 0:
             print(
-                f"it {it} loss {loss.item():.3f} examples {len(paths)} "
+                f"it {it} loss {loss.item():.3f} examples {sum(map(len, folders))} "
                 f"{(time.time() - started) / it:.2f} s/it",
                 flush=True,
             )
