@@ -108,6 +108,11 @@ def main() -> None:
     parser.add_argument("--init", type=Path, help="weights to start from (a fine-tune)")
     parser.add_argument("--validate-every", type=int, default=200)
     parser.add_argument(
+        "--budget-s", type=float,
+        help="stop after this many seconds: the learning rate's cosine runs over whichever of "
+        "--iterations and the time budget ends first (a lent accelerator's fixed lease)",
+    )  # fmt: skip
+    parser.add_argument(
         "--patch", default=",".join(map(str, PATCH)), help=f"crop size k,j,i (grid: {GRID_SHAPE})"
     )
     args = parser.parse_args()
@@ -123,7 +128,12 @@ def main() -> None:
     validation = sorted(args.validation.glob("*.npz"))[:16]
     cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
     started = time.time()
-    for it in range(1, args.iterations + 1):
+    it, progress = 0, 0.0
+    while progress < 1.0:
+        it += 1
+        progress = it / args.iterations
+        if args.budget_s:
+            progress = max(progress, (time.time() - started) / args.budget_s)
         # The example set may still be growing while training starts: look again each step.
         folders = [sorted(folder.glob("*[0-9].npz")) for folder in args.examples]
         folders = [paths for paths in folders if paths]
@@ -137,7 +147,7 @@ def main() -> None:
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
         y = torch.from_numpy(np.stack([b[1] for b in batch])).to(device)
         for group in optimiser.param_groups:
-            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * it / args.iterations))
+            group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         optimiser.zero_grad()
         loss = loss_fn(net(x), y)
         loss.backward()
@@ -148,7 +158,7 @@ def main() -> None:
                 f"{(time.time() - started) / it:.2f} s/it",
                 flush=True,
             )
-        if it % args.validate_every == 0 or it == args.iterations:
+        if it % args.validate_every == 0 or progress >= 1.0:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             torch.save({k: v.cpu() for k, v in net.state_dict().items()}, args.out)
             if validation:

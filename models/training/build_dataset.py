@@ -38,11 +38,16 @@ def main() -> None:
         help="whole heads with face and neck in view (models.synthetic.head), not thin skulls",
     )  # fmt: skip
     parser.add_argument("--workers", type=int, default=1, help="processes generating examples")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="these seeds instead of --seed/--count (tumour type: TUMOUR_TYPES[seed %% 4])",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    seeds = args.seeds or range(args.seed, args.seed + args.count)
     jobs = [
         (args.out, seed, args.full_head)
-        for seed in range(args.seed, args.seed + args.count)
+        for seed in seeds
         if not (args.out / f"{seed:06d}.npz").exists()
     ]
     with Pool(args.workers) as pool:
