@@ -1,6 +1,7 @@
 """Evaluate the shipped models on held-out studies, through the whole pipeline; print tables.
 
     .venv/bin/python bench/models.py --per-class 4 --sets synthetic full-head phantom
+    .venv/bin/python bench/models.py --dev --manifest brain_extraction=candidate.toml
 
 Each case is acquired as a scanner would (plane, obliquity, 1-6 mm slices, bias, noise) and
 analysed exactly as a received study is: brain extraction, canonical grid, detection,
@@ -79,6 +80,7 @@ def evaluate(
     volume_errors: list[float] = []
     outside_ml: list[float] = []
     brain_dice: list[float] = []
+    kept: list[float] = []  # of each true tumour, the share inside the extracted mask
     for n in range(per_class * len(TYPES)):
         tumour_type = TYPES[n % len(TYPES)]
         seed = first_seed[name] + n
@@ -113,6 +115,7 @@ def evaluate(
                 if mask.any():
                     dices[region].append(dice(predicted, mask))
             volume_errors.append(abs(int(wt.sum()) - int(truth["WT"].sum())) / truth["WT"].sum())
+            kept.append(float((truth["WT"] & analysis.intracranial).sum() / truth["WT"].sum()))
         detection = findings.detection
         basis = (
             ""
@@ -140,6 +143,7 @@ def evaluate(
         "WT outside the skull, mL (mean)": float(np.mean(outside_ml)),
         "WT outside the skull, mL (max)": float(np.max(outside_ml)),
         "intracranial mask Dice": float(np.mean(brain_dice)),
+        "tumour inside the mask, share (min)": float(np.min(kept)) if kept else float("nan"),
         "CPU s per study (median)": float(np.median(seconds)),
         "_classes": classes,
     }
@@ -150,8 +154,24 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--sets", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--dev", action="store_true", help="the dev seeds, not the benchmark's")
+    parser.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="this manifest's model for TASK (a candidate, a site's); the shipped ones otherwise",
+    )
     args = parser.parse_args()
-    models = Models.load_all({task: manifest_for(task) for task in Task})
+    configured: dict[Task, Path] = {}
+    for item in args.manifest:
+        task_name, _, path = item.partition("=")
+        try:
+            configured[Task(task_name)] = Path(path)
+        except ValueError:
+            parser.error(f"--manifest {item}: TASK is one of {', '.join(t.value for t in Task)}")
+    models = Models.load_all({task: manifest_for(task, configured.get(task)) for task in Task})
+    for task, path in configured.items():
+        print(f"{task.value}: {path}", file=sys.stderr)
     seeds = DEV_SEED if args.dev else FIRST_SEED
     results = {name: evaluate(name, args.per_class, models, seeds) for name in args.sets}
     which = "dev" if args.dev else "held-out"

@@ -14,6 +14,7 @@ from models.training.data import CLASSES
 VERSION = "0.1.0"
 _MODELS: dict[str, dict[str, Any]] = {
     "brain_extraction": {
+        "version": "0.2.0",
         "name": "neurogate-brain-extraction",
         "framework": "torch",
         "file": "../brain/weights.pth",
@@ -21,8 +22,8 @@ _MODELS: dict[str, dict[str, Any]] = {
         "preprocessing": "canonical",
         "labels": ["intracranial"],
         "architecture": {"name": "unet3d", "in_channels": 1, "out_channels": 1, "base": 8},
-        "description": "Intracranial space (inside the skull's inner table) on a 4 mm whole-head "
-        "grid, from any single MR contrast.",
+        "description": "Intracranial space (inside the skull's inner table, the pituitary fossa "
+        "included) on a 4 mm whole-head grid, from any single MR contrast.",
     },
     "detection": {
         "name": "neurogate-slice-detector",
