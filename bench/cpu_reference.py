@@ -25,38 +25,34 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ROLE_FILES = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
-SETS = {"full-head": 520_000, "synthetic": 500_000}
-TYPES = ("glioma", "meningioma", "pituitary", "none")
+SETS = ("full-head", "synthetic")
+ROLES = ("T1", "T1CE", "T2", "FLAIR")  # the order the series are given in, as before
 
 
 def write_cases(folder: Path, per_class: int) -> list[Path]:
-    """Studies as NIfTI files, one folder per case; made by this tree's generator."""
-    sys.path.insert(0, str(REPO))
-    import numpy as np
+    """The first ``per_class`` cases of each type of ``bench/models.py``'s held-out sets, as
+    NIfTI files (one folder per case, a file per role); made by this tree's generator."""
+    import importlib.util
+
     import SimpleITK as sitk
 
-    from models.synthetic import generate_case
-    from models.synthetic.acquisition import acquire
-    from models.training.data import random_protocol
-
+    spec = importlib.util.spec_from_file_location("bench_models", REPO / "bench" / "models.py")
+    assert spec is not None and spec.loader is not None
+    bench_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_models)
     cases = []
-    for name, first in SETS.items():
-        for n in range(per_class * len(TYPES)):
-            seed, tumour_type = first + n, TYPES[n % len(TYPES)]
-            full_head = name == "full-head"
-            case = generate_case(seed, tumour_type, voxel_mm=2.0, full_head=full_head)
-            rng = np.random.default_rng(seed + 17)
-            study = folder / f"{name}-{seed}-{tumour_type}"
-            study.mkdir()
-            for contrast, role in ROLE_FILES.items():
-                series = acquire(case, random_protocol(contrast, rng, full_head), rng)
-                image = sitk.GetImageFromArray(series.pixels.astype(np.float32))
-                image.SetOrigin(tuple(float(v) for v in series.origin))
-                image.SetSpacing(tuple(float(v) for v in series.spacing))
-                image.SetDirection(tuple(float(v) for v in np.asarray(series.direction).ravel()))
-                sitk.WriteImage(image, str(study / f"{role}.nii.gz"))
-            cases.append(study)
+    for name in SETS:
+        for n in range(per_class * len(bench_models.TYPES)):
+            seed, tumour_type, _, volumes = bench_models.study(name, n)
+            folder_of_case = folder / f"{name}-{seed}-{tumour_type}"
+            folder_of_case.mkdir()
+            for role, volume in volumes.items():
+                image = sitk.GetImageFromArray(volume.array)
+                image.SetOrigin(tuple(float(v) for v in volume.origin))
+                image.SetSpacing(tuple(float(v) for v in volume.spacing))
+                image.SetDirection(tuple(float(v) for v in volume.direction.ravel()))
+                sitk.WriteImage(image, str(folder_of_case / f"{role.value}.nii.gz"))
+            cases.append(folder_of_case)
     return cases
 
 
@@ -73,10 +69,10 @@ def child(tree: Path, cases: list[Path]) -> None:
         sys.exit(f"imported {inference_worker.__file__}, not the code in {tree}")
     models = Models.load_all({task: manifest_for(task) for task in Task})
     seconds = {}
-    for study in cases:
-        files = {role: study / f"{role}.nii.gz" for role in ROLE_FILES.values()}
+    for number, study in enumerate(cases, start=1):
+        files = {role: study / f"{role}.nii.gz" for role in ROLES}
         started = time.process_time()
-        analyse_nifti(f"2.25.{abs(hash(study.name)) % 10**12}", files, models)
+        analyse_nifti(f"2.25.{number}", files, models)
         seconds[study.name] = time.process_time() - started
     print(json.dumps(seconds))
 

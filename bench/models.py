@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from inference_worker.pipeline import Models, analyse_volumes  # noqa: E402
 from inference_worker.selection import Role  # noqa: E402
+from models.imaging import Volume  # noqa: E402
 from models.registry import Task, manifest_for  # noqa: E402
 from models.synthetic import generate_case  # noqa: E402
 from models.synthetic.acquisition import acquire, grid_points, label_on_grid, sample  # noqa: E402
@@ -70,6 +71,21 @@ def _on_grid(case: SyntheticCase, mask: np.ndarray, grid) -> np.ndarray:  # type
     return sample(mask.astype(np.uint8), case.affine, points, order=0) > 0
 
 
+def study(
+    name: str, n: int, first_seed: dict[str, int] = FIRST_SEED
+) -> tuple[int, str, SyntheticCase, dict[Role, Volume]]:
+    """Case ``n`` of set ``name``: its seed, tumour type, ground truth and acquired series."""
+    tumour_type = TYPES[n % len(TYPES)]
+    seed = first_seed[name] + n
+    case = CASES[name](seed, tumour_type)
+    rng = np.random.default_rng(seed + 17)
+    full_head = name != "synthetic"
+    volumes = {
+        ROLES[m]: as_volume(acquire(case, random_protocol(m, rng, full_head), rng)) for m in ROLES
+    }
+    return seed, tumour_type, case, volumes
+
+
 def evaluate(
     name: str, per_class: int, models: Models, first_seed: dict[str, int] = FIRST_SEED
 ) -> dict[str, object]:
@@ -82,15 +98,7 @@ def evaluate(
     brain_dice: list[float] = []
     kept: list[float] = []  # of each true tumour, the share inside the extracted mask
     for n in range(per_class * len(TYPES)):
-        tumour_type = TYPES[n % len(TYPES)]
-        seed = first_seed[name] + n
-        case = CASES[name](seed, tumour_type)
-        rng = np.random.default_rng(seed + 17)
-        full_head = name != "synthetic"
-        volumes = {
-            ROLES[m]: as_volume(acquire(case, random_protocol(m, rng, full_head), rng))
-            for m in ROLES
-        }
+        seed, tumour_type, case, volumes = study(name, n, first_seed)
         started = time.process_time()
         analysis = analyse_volumes(f"2.25.{seed}", volumes, models)
         seconds.append(time.process_time() - started)
