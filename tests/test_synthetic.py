@@ -22,6 +22,7 @@ from models.synthetic import (
 from models.synthetic.acquisition import SeriesProtocol, label_on_grid
 from models.synthetic.case import SELLA_RAS
 from models.synthetic.dicom import ScannerProfile, write_dicom_study
+from models.synthetic.head import extended_anatomy, full_head
 from models.synthetic.nifti import write_nifti
 
 VOXEL_MM = 2.0
@@ -185,6 +186,21 @@ def test_the_pituitary_fossa_is_intracranial_in_a_normal_head() -> None:
     assert case.intracranial[fossa].all()
     below = _mask_near(case, SELLA_RAS - [0, 0, 25], 4.0)  # the sphenoid sinus, the nasopharynx
     assert not case.intracranial[below].any()
+
+
+def test_a_normal_gland_fills_the_sella_and_not_the_cistern_above() -> None:
+    """A normal pituitary gland enhances but stays inside the sella; the suprasellar cistern
+    above it is CSF. An adenoma is what grows out of the sella, so a generator that paints
+    gland up to the hypothalamus teaches the networks that a normal head carries a 1-2 mL
+    enhancing sellar mass."""
+    anatomy = extended_anatomy(VOXEL_MM)
+    head = full_head(anatomy, np.random.default_rng(13))
+    fossa = anatomy.pituitary_fossa() & ~anatomy.brain
+    cistern = fossa & ~anatomy.pituitary_gland()
+    gland_ml = head.fractions["mucosa"][fossa].sum() * VOXEL_MM**3 / 1000
+    assert 0.1 < gland_ml < 1.0
+    assert head.fractions["mucosa"][cistern].max() < 0.5
+    assert head.fractions["csf"][cistern & (anatomy.outside_mm > 3)].min() > 0.5
 
 
 def _mask_near(case, point_ras: np.ndarray, radius_mm: float) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -75,11 +75,22 @@ class Anatomy:
         an intracranial mask drawn only from the distance to the brain would cut a pituitary
         lesion off (measured: 77-100 % of each generated pituitary tumour before this).
         """
+        return self._sellar(_FOSSA)
+
+    def pituitary_gland(self) -> np.ndarray:
+        """bool: the fossa proper, below the diaphragma sellae, which a normal gland fills.
+
+        The cistern above it holds CSF, the optic chiasm and the stalk, not gland: a normal gland
+        does not reach above the sella, a macroadenoma does (its suprasellar extension).
+        """
+        return self._sellar(_FOSSA[:1])
+
+    def _sellar(self, parts: tuple[tuple[np.ndarray, np.ndarray], ...]) -> np.ndarray:
         world = self.world()
-        fossa = np.zeros(self.shape, bool)
-        for offset, radii in _FOSSA:
-            fossa |= np.sum(((world - (SELLA_RAS + offset)) / radii) ** 2, axis=-1) < 1
-        return fossa
+        region = np.zeros(self.shape, bool)
+        for offset, radii in parts:
+            region |= np.sum(((world - (SELLA_RAS + offset)) / radii) ** 2, axis=-1) < 1
+        return region
 
     def intracranial(self) -> np.ndarray:
         """bool: inside the skull's inner table (brain, CSF rim and dura), and the fossa.

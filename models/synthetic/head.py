@@ -232,9 +232,12 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     paint(cranial & (d >= INNER_TABLE_MM) & (d < MARROW_MM), "marrow")
     paint(cranial & (d >= SUBARACHNOID_MM) & (d < INNER_TABLE_MM), "bone")
     paint(cranial & (d > 0) & (d < SUBARACHNOID_MM), "rim")
-    # The pituitary gland in its fossa (it enhances as mucosa does), the suprasellar cistern above.
+    # The pituitary gland in its fossa (it enhances as mucosa does); the suprasellar cistern
+    # above it is CSF: a normal gland stays within the sella, an adenoma grows out of it.
     fossa = anatomy.pituitary_fossa() & ~anatomy.brain
-    paint(fossa & (d >= SUBARACHNOID_MM), "mucosa")
+    gland = anatomy.pituitary_gland() & fossa & (d >= SUBARACHNOID_MM)
+    paint(fossa & ~gland & (d >= SUBARACHNOID_MM), "csf")
+    paint(gland, "mucosa")
     paint(fossa & (d > 0) & (d < SUBARACHNOID_MM), "rim")
     spinal = (cord | canal) & (z < -40)  # the cord passes through the foramen magnum
     paint(spinal & (d > 0) & ~cord, "csf")
