@@ -132,8 +132,9 @@ def evaluate(
                 f"p {detection.probability:.2f} largest WT region {detection.largest_lesion_ml} mL "
             )
         )
+        scored = f"Dice WT {dices['WT'][-1]:.3f} " if tumour_type != "none" else ""
         print(f"{name} case {n + 1} (seed {seed}): {tumour_type:<10} detected {found} "
-              f"class {classes[-1][1] if tumour_type != 'none' else '-':<10} {basis}"
+              f"class {classes[-1][1] if tumour_type != 'none' else '-':<10} {basis}{scored}"
               f"WT outside {outside_ml[-1]:.2f} mL, {seconds[-1]:.1f} s", file=sys.stderr,
               flush=True)  # fmt: skip
     positives = [t for t, _ in detections]

@@ -46,6 +46,7 @@ _MODELS: dict[str, dict[str, Any]] = {
         "an axial 2 mm plane.",
     },
     "segmentation": {
+        "version": "0.2.0",
         "name": "neurogate-unet3d",
         "framework": "torch",
         "file": "../segmentation/weights.pth",
