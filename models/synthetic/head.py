@@ -235,8 +235,9 @@ def full_head(anatomy: Anatomy, rng: np.random.Generator) -> Head:
     # The pituitary gland in its fossa (it enhances as mucosa does); the suprasellar cistern
     # above it is CSF: a normal gland stays within the sella, an adenoma grows out of it.
     fossa = anatomy.pituitary_fossa() & ~anatomy.brain
-    gland = anatomy.pituitary_gland() & fossa & (d >= SUBARACHNOID_MM)
-    paint(fossa & ~gland & (d >= SUBARACHNOID_MM), "csf")
+    deep = fossa & (d >= SUBARACHNOID_MM)
+    gland = deep & anatomy.pituitary_gland()
+    paint(deep & ~gland, "csf")
     paint(gland, "mucosa")
     paint(fossa & (d > 0) & (d < SUBARACHNOID_MM), "rim")
     spinal = (cord | canal) & (z < -40)  # the cord passes through the foramen magnum
