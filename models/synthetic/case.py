@@ -8,7 +8,8 @@ scanner's scaling, bias field and noise. Tumours follow their type:
   or no enhancement);
 - meningioma: extra-axial, on the brain's surface (convexity, falx or skull base), round,
   homogeneously enhancing, sometimes with oedema in the brain it presses on;
-- pituitary: a sellar lesion below the hypothalamus, small, enhancing, with suprasellar extension;
+- pituitary: a sellar lesion below the hypothalamus, enhancing, from a microadenoma to a
+  macroadenoma rising out of the sella;
 - none: no tumour.
 """
 
@@ -197,8 +198,14 @@ def _meningioma(anatomy: Anatomy, world: np.ndarray, rng: np.random.Generator) -
 
 
 def _pituitary(anatomy: Anatomy, world: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    radii = np.array([rng.uniform(4, 8), rng.uniform(4, 7), rng.uniform(5, 13)])
-    centre = SELLA_RAS + rng.uniform(-1.5, 1.5, 3) + [0, 0, radii[2] * 0.3]  # grows upwards
+    """A pituitary adenoma, from a microadenoma in the sella (0.4 mL) to a macroadenoma of up to
+    2.6 x 2.2 x 3.6 cm (10 mL) that rises out of it into the suprasellar cistern, its floor in
+    the fossa (median 2 mL: before stop 18 the largest was 3 mL, and an independent phantom's
+    macroadenomas of 3-8 mL were all called meningioma or glioma)."""
+    scale = float(np.exp(rng.uniform(0.0, np.log(2.0))))  # log-uniform, 1-2
+    radii = np.array([rng.uniform(4, 6.5), rng.uniform(4, 5.5), rng.uniform(5, 9)]) * scale
+    floor = rng.uniform(3, 6)  # mm below the sella's centre
+    centre = SELLA_RAS + np.array([*rng.uniform(-1.5, 1.5, 2), radii[2] - floor])  # grows up
     field = _shape_field(world, centre, radii, 0.05, rng, anatomy.voxel_mm)
     label = np.zeros(anatomy.shape, np.uint8)
     label[field < 1] = LABEL_ENHANCING
