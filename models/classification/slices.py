@@ -28,14 +28,35 @@ def to_input(plane: np.ndarray) -> np.ndarray:
     return out
 
 
+def augment(plane: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A plane as another head and scanner might give it: rotated up to 15 degrees, scaled by
+    0.85-1.15 about its centre, its intensities through a random gamma (0.7-1.4) and gain."""
+    angle = float(rng.uniform(-15, 15))
+    zoom = float(rng.uniform(0.85, 1.15))
+    theta = np.deg2rad(angle)
+    matrix = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]]) / zoom
+    centre = (np.array(plane.shape) - 1) / 2
+    moved = ndimage.affine_transform(
+        plane, matrix, offset=centre - matrix @ centre, order=1, mode="constant"
+    )
+    peak = float(moved.max())
+    if peak > 0:
+        moved = peak * (np.clip(moved, 0, None) / peak) ** float(rng.uniform(0.7, 1.4))
+    return (moved * float(rng.uniform(0.85, 1.15))).astype(np.float32)
+
+
 def example_slices(
-    path: Path, rng: np.random.Generator, per_example: int = 24, whole_planes: float = 0.0
+    path: Path,
+    rng: np.random.Generator,
+    per_example: int = 24,
+    whole_planes: float = 0.0,
+    augmented: bool = False,
 ) -> Iterable[tuple[np.ndarray, int, int]]:
     """(input, tumour present 0/1, class index) for sampled axial slices of one example.
 
     A share ``whole_planes`` of the slices is shown whole (head, skull and scalp, normalised
     over the head) rather than brain only: the classifier also serves ``/api/classify``, whose
-    pictures come without a brain mask.
+    pictures come without a brain mask. ``augmented``: each plane through :func:`augment`.
     """
     with np.load(path) as data:
         image, label, brain = data["image"], data["label"], data["brain"]
@@ -67,5 +88,7 @@ def example_slices(
             plane = normalised[channel, variant][k]
         if rng.random() < 0.5:
             plane = plane[:, ::-1]
+        if augmented:
+            plane = augment(np.ascontiguousarray(plane), rng)
         present = int(tumour_area[k] > 0)
         yield to_input(plane), present, klass if present else CLASSES.index("notumor")

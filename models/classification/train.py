@@ -21,12 +21,13 @@ HERE = Path(__file__).parent
 
 
 def arrays(
-    paths: list[Path], seed: int, per_example: int, whole_planes: float = 0.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    paths: list[Path], seed: int, per_example: int, whole_planes: float = 0.0,
+    augmented: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     rng = np.random.default_rng(seed)
     xs, present, classes = [], [], []
     for path in paths:
-        for x, p, c in example_slices(path, rng, per_example, whole_planes):
+        for x, p, c in example_slices(path, rng, per_example, whole_planes, augmented):
             xs.append(x)
             present.append(p)
             classes.append(c)
@@ -35,7 +36,10 @@ def arrays(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--examples", type=Path, default=Path("var/training/examples"))
+    parser.add_argument(
+        "--examples", type=Path, nargs="+", default=[Path("var/training/examples")],
+        help="folders of examples (models.training.build_dataset), all used",
+    )  # fmt: skip
     parser.add_argument("--validation", type=Path, default=Path("var/training/validation"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--per-example", type=int, default=32)
@@ -48,6 +52,10 @@ def main() -> None:
         "--resume", type=Path, help="start from the detector.keras and classifier.keras found here"
     )
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--augment", action="store_true",
+        help="the classifier's training planes rotated, scaled and through a random gamma",
+    )  # fmt: skip
     parser.add_argument("--only", choices=("detector", "classifier"), help="train just one")
     args = parser.parse_args()
     import keras
@@ -55,7 +63,7 @@ def main() -> None:
     keras.utils.set_random_seed(0)
     from models.classification.networks import slice_cnn
 
-    examples = sorted(args.examples.glob("*.npz"))
+    examples = sorted(path for folder in args.examples for path in folder.glob("*.npz"))
     validation = sorted(args.validation.glob("*.npz"))
     x, present, _ = arrays(examples, 0, args.per_example)
     vx, vpresent, _ = arrays(validation, 1, args.per_example)
@@ -83,7 +91,7 @@ def main() -> None:
         return
 
     # The classifier sees some slices whole too: /api/classify has no brain mask.
-    x, _, classes = arrays(examples, 2, args.per_example, args.whole_planes)
+    x, _, classes = arrays(examples, 2, args.per_example, args.whole_planes, args.augment)
     vx, _, vclasses = arrays(validation, 3, args.per_example, args.whole_planes)
 
     classifier = network("classifier", len(CLASSES), "softmax")
