@@ -131,3 +131,21 @@ def test_a_224x224_rgb_keras_classifier_plugs_in_by_manifest(tmp_path: Path, gli
     batch = predict.model_input(planes, manifest)
     assert batch.shape == (3, 224, 224, 3) and 100 < batch.max() <= 255
     assert model.predict(batch, verbose=0).shape == (3, 4)
+
+
+def test_classifier_augmentation_moves_the_brain_and_keeps_the_outside_zero() -> None:
+    """Training planes are brain only (zero outside the mask): rotating, scaling and a gamma must
+    keep that background exactly zero, or the classifier learns a background no study has."""
+    from models.classification.slices import augment
+
+    plane = np.zeros((96, 120), np.float32)
+    plane[20:70, 30:100] = np.linspace(0.2, 1.0, 70, dtype=np.float32)
+    rng = np.random.default_rng(0)
+    moved = [augment(plane, rng) for _ in range(8)]
+    far = np.ones_like(plane, bool)
+    far[5:85, 10:110] = False  # beyond any 15 degree turn and 15 % zoom of the square
+    for out in moved:
+        assert out.shape == plane.shape and out.dtype == np.float32
+        assert out.min() >= 0 and out.max() <= 1.15 + 1e-6
+        assert not out[far].any()
+    assert min(float(np.abs(out - plane).mean()) for out in moved) > 0.01, "each plane changes"
