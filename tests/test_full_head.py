@@ -24,7 +24,8 @@ from models.training.data import as_volume, make_example, random_protocol
 # Held out from training (seeds 0.. and 50000..) and from the benchmark (500000..).
 GLIOMA_SEED = 720_002
 CLASSIFY_SEED = 720_006
-PITUITARY_SEED = 720_010
+PITUITARY_SEED = 720_010  # a 3.9 mL macroadenoma
+MICROADENOMA_SEED = 720_114  # 0.7 mL
 
 # As a clinical protocol takes a head: slabs from above the vertex down to the neck (axial
 # slabs centred 40-50 mm below the brain's centre), a 12-degree oblique T2, a 1 mm 3D T1CE.
@@ -102,23 +103,33 @@ def test_a_full_head_study_has_no_tumour_outside_the_skull(tmp_path, models) -> 
     assert findings.brain is not None and findings.brain.volume_ml > 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue #12: the brain-extraction weights 0.2.0, fine-tuned 900 steps with the fossa "
-    "counted intracranial, keep 43 % of this case's pituitary tumour (0.1.0: 46 %; of the dev "
-    "whole heads' tumours at least 79 %, 0.1.0 38 %): at 4 mm the fossa is three voxels across. "
-    "Needs a longer training with more sellar masses (models/MODEL_CARD.md).",
+@pytest.mark.parametrize(
+    "seed",
+    [
+        pytest.param(PITUITARY_SEED, id="macroadenoma-3.9mL"),
+        pytest.param(
+            MICROADENOMA_SEED,
+            id="microadenoma-0.7mL",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="issue #12: the brain-extraction weights 0.2.0 keep 27 % of this 0.7 mL "
+                "lesion (14 % and 4 % of two other held-out lesions under 1 mL; 99 % of a 3.9 mL "
+                "macroadenoma): at 4 mm the fossa is three voxels across. Needs a 2 mm mask or "
+                "a longer training with more small sellar masses (models/MODEL_CARD.md).",
+            ),
+        ),
+    ],
 )
-def test_brain_extraction_keeps_a_pituitary_tumour_in_its_fossa(models) -> None:  # type: ignore[no-untyped-def]
+def test_brain_extraction_keeps_a_pituitary_tumour_in_its_fossa(models, seed: int) -> None:  # type: ignore[no-untyped-def]
     """The sella lies below the brain, between the skull base's bones: an intracranial mask that
     stops at the brain's surface cuts a pituitary tumour off, and every finding with it."""
-    case = generate_case(PITUITARY_SEED, "pituitary", voxel_mm=2.0, full_head=True)
-    rng = np.random.default_rng(PITUITARY_SEED)
+    case = generate_case(seed, "pituitary", voxel_mm=2.0, full_head=True)
+    rng = np.random.default_rng(seed)
     volumes = {
         ROLES[m]: as_volume(acquire(case, random_protocol(m, rng, full_head=True), rng))
         for m in ROLES
     }
-    analysis = analyse_volumes(f"2.25.{PITUITARY_SEED}", volumes, models)
+    analysis = analyse_volumes(f"2.25.{seed}", volumes, models)
 
     assert analysis.grid is not None and analysis.intracranial is not None
     tumour = label_on_grid(case, analysis.grid.affine, analysis.grid.shape) > 0
