@@ -35,7 +35,7 @@ _MODELS: dict[str, dict[str, Any]] = {
         "description": "Tumour present on an axial 2 mm plane; any MR contrast.",
     },
     "classification": {
-        "version": "0.2.0",
+        "version": "0.3.0",
         "name": "neurogate-slice-classifier",
         "framework": "keras",
         "file": "../classification/classifier.keras",
