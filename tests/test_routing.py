@@ -10,6 +10,7 @@ worker at start with one line naming the rule and field.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import subprocess
 import sys
 import threading
@@ -220,7 +221,8 @@ def test_a_rules_model_set_and_destinations_decide_the_classifier_and_where_resu
 ) -> None:
     shipped = default_manifest(Task.CLASSIFICATION)
     site = tmp_path / "site-classifier.toml"
-    text = shipped.read_text().replace('version = "0.2.0"', 'version = "0.2.0-site"')
+    text = re.sub(r'(?m)^version = ".*"$', 'version = "site-1"', shipped.read_text())
+    assert 'version = "site-1"' in text
     weights = (shipped.parent / "../classification/classifier.keras").resolve()
     site.write_text(text.replace('"../classification/classifier.keras"', f'"{weights}"'))
     rules = tmp_path / "rules.toml"
@@ -262,7 +264,7 @@ classification = "{site.name}"
     analysis = _analyses(database)[0]
     assert analysis.status == AnalysisStatus.COMPLETED, analysis.error
     assert analysis.findings is not None
-    assert analysis.findings["models"]["classification"]["version"] == "0.2.0-site"
+    assert analysis.findings["models"]["classification"]["version"] == "site-1"
     assert (
         analysis.findings["models"]["detection"]["version"] == manifest_for(Task.DETECTION).version
     )
