@@ -89,6 +89,6 @@ def example_slices(
         if rng.random() < 0.5:
             plane = plane[:, ::-1]
         if augmented:
-            plane = augment(np.ascontiguousarray(plane), rng)
+            plane = augment(plane, rng)
         present = int(tumour_area[k] > 0)
         yield to_input(plane), present, klass if present else CLASSES.index("notumor")
