@@ -129,6 +129,12 @@ def _choice(enum: type[_T], value: Any) -> _T:
         raise ValueError(f"{value!r} is not one of {names}") from None
 
 
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{value!r}: give true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelManifest:
     name: str
@@ -147,6 +153,9 @@ class ModelManifest:
     resize: Resize = Resize.BILINEAR
     output: Activation = Activation.NONE
     gradcam_layer: str | None = None  # None: the last convolutional layer, found at load
+    # A classifier's class combined with the location model's (models.classification.location),
+    # for a study that was segmented; a site's classifier is used as it is unless it asks.
+    location: bool = False
     source: Path | None = None  # the manifest file
 
     @classmethod
@@ -220,6 +229,9 @@ class ModelManifest:
         if not labels or len(set(labels)) != len(labels):
             raise ManifestError(path, "labels", "give each output's name once, in output order")
         sha256 = get("sha256", lambda v: str(v).lower())
+        location = get("location", _boolean, False)
+        if location and task is not Task.CLASSIFICATION:
+            raise ManifestError(path, "location", "only a classification model takes it")
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
             raise ManifestError(path, "sha256", "must be 64 hex digits (`neurogate models add`)")
         return cls(
@@ -239,6 +251,7 @@ class ModelManifest:
             resize=get("resize", lambda v: _choice(Resize, v), Resize.BILINEAR),
             output=get("output", lambda v: _choice(Activation, v), Activation.NONE),
             gradcam_layer=get("gradcam_layer", str, None),
+            location=location,
             source=path,
         )
 

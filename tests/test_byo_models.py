@@ -58,6 +58,8 @@ def write_manifest(folder: Path, weights: Path, **fields: Any) -> Path:
 
 
 def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, list | tuple):
@@ -446,6 +448,8 @@ def test_a_model_that_cannot_do_its_task_fails_its_start_up_check(
         ({"sha256": "abc"}, "sha256"),
         ({"framework": "onnx"}, "file"),
         ({"labels": ["a", "a", "b", "c"]}, "labels"),
+        ({"location": "yes"}, "location"),
+        ({"location": True, "task": "detection"}, "location"),  # a classifier's option
     ],
 )
 def test_manifest_fields_are_validated_when_read(

@@ -44,6 +44,7 @@ _MODELS: dict[str, dict[str, Any]] = {
         "labels": list(CLASSES),
         "description": "Glioma / meningioma / no tumour / pituitary on the intracranial part of "
         "an axial 2 mm plane.",
+        "location": True,  # combined with models/classification/location.json
     },
     "segmentation": {
         "version": "0.2.0",
@@ -60,6 +61,8 @@ _MODELS: dict[str, dict[str, Any]] = {
 
 
 def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return f'"{value}"'
     if isinstance(value, list):

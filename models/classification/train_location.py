@@ -1,0 +1,137 @@
+"""Train the location model: ``python -m models.classification.train_location``.
+
+Each training case is a synthetic head of ``models.synthetic`` (the MNI152 generator: whole
+heads and thin-skull heads, on seeds no other training or benchmark uses), acquired as a scanner
+would and analysed by the shipped pipeline, so that the features are measured on the masks the
+pipeline really makes (brain extraction's truncation of sellar masses included), not on the
+ground truth. Features are cached per seed in ``--cache``; the fit is an L2-regularised
+multinomial logistic regression. Writes ``location.json`` next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from scipy import optimize
+
+from models.classification.location import FEATURES, TUMOUR_LABELS, WEIGHTS, LocationModel
+
+SEEDS = range(30_000, 30_300)  # used by nothing else (models.training, bench, tests)
+FULL_HEAD_SHARE = 2 / 3
+_MODELS = None
+
+
+def _case(seed: int) -> dict[str, object] | None:
+    """One case's features, its classifier probabilities and truth; None without masks."""
+    from inference_worker.pipeline import Models, analyse_volumes
+    from inference_worker.selection import Role
+    from models.classification.location import features
+    from models.registry import Task, manifest_for
+    from models.synthetic import generate_case
+    from models.synthetic.acquisition import acquire
+    from models.training.data import as_volume, random_protocol
+
+    global _MODELS
+    if _MODELS is None:
+        # The classifier alone: its own probabilities, and no location model needed yet.
+        manifests = {task: manifest_for(task) for task in Task}
+        manifests[Task.CLASSIFICATION] = replace(manifests[Task.CLASSIFICATION], location=False)
+        _MODELS = Models.load_all(manifests)
+    tumour = TUMOUR_LABELS[seed % len(TUMOUR_LABELS)]
+    rng = np.random.default_rng(seed + 17)
+    full_head = rng.random() < FULL_HEAD_SHARE
+    case = generate_case(seed, tumour, voxel_mm=2.0, full_head=full_head)
+    roles = {"t1": Role.T1, "t1ce": Role.T1CE, "t2": Role.T2, "flair": Role.FLAIR}
+    volumes = {
+        roles[m]: as_volume(acquire(case, random_protocol(m, rng, full_head), rng)) for m in roles
+    }
+    analysis = analyse_volumes(f"2.25.{seed}", volumes, _MODELS)
+    masks, inside, grid = analysis.grid_masks, analysis.intracranial, analysis.grid
+    if masks is None or inside is None or grid is None or not masks["WT"].any():
+        print(f"seed {seed} ({tumour}): no tumour found, skipped", file=sys.stderr, flush=True)
+        return None
+    x = features(masks, inside, float(grid.spacing[0]))
+    found = analysis.findings.classification
+    cnn = [found.probabilities.get(label, 0.0) for label in TUMOUR_LABELS] if found else []
+    print(f"seed {seed} ({tumour}, {'whole head' if full_head else 'thin skull'}): "
+          + " ".join(f"{v:.2f}" for v in x), file=sys.stderr, flush=True)  # fmt: skip
+    return {"seed": seed, "label": TUMOUR_LABELS.index(tumour), "x": x, "cnn": np.array(cnn)}
+
+
+def collect(seeds: list[int], cache: Path, workers: int) -> dict[str, np.ndarray]:
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [s for s in seeds if not (cache / f"{s}.npz").exists()]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for seed, row in zip(todo, pool.imap(_case, todo), strict=True):
+            path = cache / f"{seed}.npz"
+            if row is None:
+                np.savez(path, skipped=True)
+            else:
+                np.savez(path, skipped=False, **row)  # type: ignore[arg-type]
+    rows = [np.load(cache / f"{s}.npz") for s in seeds]
+    rows = [r for r in rows if not bool(r["skipped"])]
+    return {
+        "seed": np.array([int(r["seed"]) for r in rows]),
+        "label": np.array([int(r["label"]) for r in rows]),
+        "x": np.stack([r["x"] for r in rows]),
+        "cnn": np.stack([r["cnn"] for r in rows]),
+    }
+
+
+def fit(x: np.ndarray, y: np.ndarray, l2: float, version: str) -> LocationModel:
+    """Multinomial logistic regression, L2 penalty ``l2`` on the coefficients (not intercepts)."""
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+    z = (x - mean) / scale
+    n, d = z.shape
+    k = len(TUMOUR_LABELS)
+    onehot = np.eye(k)[y]
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[: k * d].reshape(k, d), theta[k * d :]
+        logits = z @ w.T + b
+        logits -= logits.max(axis=1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(axis=1, keepdims=True)
+        value = -np.sum(onehot * np.log(p + 1e-12)) / n + l2 * np.sum(w * w) / 2
+        g = (p - onehot) / n
+        return value, np.concatenate([(g.T @ z + l2 * w).ravel(), g.sum(axis=0)])
+
+    result = optimize.minimize(loss, np.zeros(k * d + k), jac=True, method="L-BFGS-B")
+    w, b = result.x[: k * d].reshape(k, d), result.x[k * d :]
+    return LocationModel(version, TUMOUR_LABELS, mean, scale, w, b)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=Path("var/training/location"))
+    parser.add_argument("--count", type=int, default=len(SEEDS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--l2", type=float, default=0.1)
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--out", type=Path, default=WEIGHTS)
+    args = parser.parse_args()
+    data = collect(list(SEEDS)[: args.count], args.cache, args.workers)
+    x, y = data["x"], data["label"]
+    # Five-fold cross-validated accuracy first, then the model on all of them.
+    folds = np.arange(len(y)) % 5
+    right = 0
+    for f in range(5):
+        model = fit(x[folds != f], y[folds != f], args.l2, args.version)
+        for row, truth in zip(x[folds == f], y[folds == f], strict=True):
+            p = model.probabilities(row)
+            right += int(max(p, key=p.__getitem__) == TUMOUR_LABELS[truth])
+    print(f"{len(y)} cases; cross-validated accuracy {right / len(y):.3f}")
+    model = fit(x, y, args.l2, args.version)
+    for label, row in zip(model.labels, model.coefficients, strict=True):
+        print(f"{label:<11}" + " ".join(f"{FEATURES[i]}={c:+.2f}" for i, c in enumerate(row)))
+    args.out.write_text(model.to_json() + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
