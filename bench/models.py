@@ -92,6 +92,7 @@ def evaluate(
     seconds: list[float] = []
     detections: list[tuple[bool, bool]] = []
     classes: list[tuple[str, str]] = []
+    alone: list[bool] = []  # the classifier alone right
     dices: dict[str, list[float]] = defaultdict(list)
     volume_errors: list[float] = []
     outside_ml: list[float] = []
@@ -114,8 +115,12 @@ def evaluate(
         wt = masks["WT"] if masks else np.zeros(truth_label.shape, bool)
         outside_ml.append(float((wt & ~inside).sum()) * voxel_ml)
         if tumour_type != "none":
-            label = findings.classification.label if findings.classification else "notumor"
+            found_class = findings.classification
+            label = found_class.label if found_class else "notumor"
             classes.append((tumour_type, label))
+            # The classifier's own answer, when the location model took part in the class.
+            own = found_class.classifier_probabilities if found_class else None
+            alone.append((max(own, key=own.__getitem__) if own else label) == tumour_type)
             truth = {"WT": truth_label > 0, "TC": np.isin(truth_label, (1, 4)),
                      "ET": truth_label == 4}  # fmt: skip
             for region, mask in truth.items():
@@ -145,6 +150,7 @@ def evaluate(
         "detection sensitivity": tp / max(sum(positives), 1),
         "detection specificity": tn / max(len(positives) - sum(positives), 1),
         "classification accuracy (tumours)": sum(t == p for t, p in classes) / max(len(classes), 1),
+        "  the classifier alone": sum(alone) / max(len(alone), 1),
         "Dice WT": float(np.mean(dices["WT"])),
         "Dice TC": float(np.mean(dices["TC"])),
         "Dice ET": float(np.mean(dices["ET"])) if dices["ET"] else float("nan"),

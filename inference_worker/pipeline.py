@@ -34,6 +34,7 @@ from inference_worker.selection import Choice, Role, Selection, SeriesInfo, sele
 from inference_worker.volume import GeometryError, UnreadableSeries, frame_masks, read_series
 from models import predict
 from models.brain.extract import BrainMask, extract
+from models.classification import location
 from models.imaging import FrameRef, Volume, resample_to
 from models.preprocessing import canonical_grid_at, on_grid
 from models.registry import ModelManifest, Task, load
@@ -78,10 +79,14 @@ class Models:
 
     manifests: dict[Task, ModelManifest]
     loaded: dict[Task, Any] = field(default_factory=dict)
+    # The location model, when the classification manifest asks for it (``location = true``).
+    location_model: location.LocationModel | None = None
 
     @classmethod
     def load_all(cls, manifests: dict[Task, ModelManifest]) -> Models:
-        return cls(manifests, {task: load(m) for task, m in manifests.items()})
+        classifier = manifests.get(Task.CLASSIFICATION)
+        where = location.load() if classifier is not None and classifier.location else None
+        return cls(manifests, {task: load(m) for task, m in manifests.items()}, where)
 
 
 @dataclass(frozen=True, eq=False)
@@ -382,10 +387,26 @@ def _analyse(
         seen = predict.brain_only(
             channels[classify_role], inside, manifests[Task.CLASSIFICATION].preprocessing
         )
+        # Where the lesion lies, when it was segmented and the classifier asks for it.
+        where = None
+        if models.location_model is not None and masks is not None:
+            where = models.location_model.probabilities(
+                location.features(masks, inside, float(study.grid.spacing[0]))
+            )
         result = timed(
             "classification",
             lambda: predict.classify(
-                loaded[Task.CLASSIFICATION], manifests[Task.CLASSIFICATION], seen, detection, planes
+                loaded[Task.CLASSIFICATION],
+                manifests[Task.CLASSIFICATION],
+                seen,
+                detection,
+                planes,
+                prior=where,
+                classifier_weight=(
+                    1.0
+                    if models.location_model is None
+                    else models.location_model.classifier_weight
+                ),
             ),
         )
         classification = ClassificationFinding(
@@ -394,6 +415,8 @@ def _analyse(
             series_role=classify_role.value,
             planes=[int(k) for k in planes],
             planes_from=planes_from,
+            classifier_probabilities=None if where is None else result.classifier_probabilities,
+            location_probabilities=where,
         )
         plane = seen[result.plane]
         heatmap = timed(
@@ -414,6 +437,10 @@ def _analyse(
     else:
         skipped["classification"] = "no tumour detected"
 
+    versions = {task.value: ModelVersion(**m.version_info) for task, m in manifests.items()}
+    if classification is not None and classification.location_probabilities:
+        assert models.location_model is not None
+        versions["location"] = ModelVersion(**models.location_model.version_info)
     findings = Findings(
         study_instance_uid=study_instance_uid,
         selected=[
@@ -439,7 +466,7 @@ def _analyse(
         classification=classification,
         segmentation=segmentation,
         skipped=skipped,
-        models={task.value: ModelVersion(**m.version_info) for task, m in manifests.items()},
+        models=versions,
         seconds=seconds,
     )
     sources = tuple(prepared.files.get(_reference_role(prepared), ()))

@@ -332,6 +332,7 @@ def load_model_sets(rules: RoutingRules, default: Models) -> dict[str, Models]:
     """Every model set the rules name, loaded once; tasks a set does not override share the
     default set's loaded models."""
     from inference_worker.pipeline import Models
+    from models.classification import location
     from models.registry import Task, manifest_for
 
     sets = {DEFAULT_MODEL_SET: default}
@@ -341,7 +342,11 @@ def load_model_sets(rules: RoutingRules, default: Models) -> dict[str, Models]:
             task = Task(task_name)
             manifests[task] = manifest_for(task, path)
             loaded[task] = Models.load_all({task: manifests[task]}).loaded[task]
-        sets[name] = Models(manifests, loaded)
+        classifier = manifests.get(Task.CLASSIFICATION)
+        where = None
+        if classifier is not None and classifier.location:
+            where = default.location_model or location.load()
+        sets[name] = Models(manifests, loaded, where)
     return sets
 
 

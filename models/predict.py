@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from models.classification.location import combine
 from models.preprocessing import brain_normalise
 from models.registry import ModelManifest, Preprocessing
 
@@ -52,8 +53,9 @@ class Detection:
 class Classification:
     label: str
     index: int
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # the study's: the classifier's, times the prior if given
     plane: int  # the k of the plane Grad-CAM explains
+    classifier_probabilities: dict[str, float]  # the classifier's own mean over the planes
 
 
 def head_planes(volume: np.ndarray) -> np.ndarray:
@@ -182,6 +184,8 @@ def classify(
     detection: Detection,
     planes: np.ndarray | None = None,
     inside: np.ndarray | None = None,
+    prior: dict[str, float] | None = None,
+    classifier_weight: float = 1.0,
 ) -> Classification:
     """The tumour class: mean probabilities over ``planes`` (default: the detector's surest).
 
@@ -189,7 +193,11 @@ def classify(
     :func:`decide`). Once one is found, the classifier's "no tumour" output is set aside and the
     probabilities are renormalised over the tumour types: p(type | tumour). (A site model
     without a "no tumour" label is used as it is.) With ``inside``, the classifier sees only the
-    intracranial part of each plane.
+    intracranial part of each plane. With ``prior`` (the location model's p(type), from
+    :mod:`models.classification.location`), the class is that of the two experts' product
+    (:func:`~models.classification.location.combine`, the classifier's share
+    ``classifier_weight``); Grad-CAM's plane is the one where the
+    classifier is surest of that class.
     """
     chosen = classification_planes(detection)[0] if planes is None else np.asarray(planes)
     if inside is None:
@@ -201,12 +209,15 @@ def classify(
     if detection.tumour and NO_TUMOUR_LABEL in manifest.labels:
         mean[manifest.labels.index(NO_TUMOUR_LABEL)] = 0.0
         mean = mean / max(float(mean.sum()), 1e-12)
-    index = int(np.argmax(mean))
+    own = {label: float(p) for label, p in zip(manifest.labels, mean, strict=True)}
+    study = own if prior is None else combine(own, prior, classifier_weight)
+    index = manifest.labels.index(max(study, key=study.__getitem__))
     return Classification(
         label=manifest.labels[index],
         index=index,
-        probabilities={label: float(p) for label, p in zip(manifest.labels, mean, strict=True)},
+        probabilities=study,
         plane=int(chosen[int(np.argmax(probs[:, index]))]),
+        classifier_probabilities=own,
     )
 
 

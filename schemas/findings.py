@@ -55,6 +55,11 @@ class ClassificationFinding(_Strict):
     # detector's surest planes inside the brain, when segmentation could not run).
     planes: list[int] = Field(default_factory=list)
     planes_from: str = "detection"
+    # When the class combines the classifier with the location model (the lesion's place in the
+    # intracranial space, from the segmentation): each expert's own p(type). ``probabilities``
+    # is then their renormalised product; None when the classifier decided alone.
+    classifier_probabilities: dict[str, float] | None = None
+    location_probabilities: dict[str, float] | None = None
 
 
 class SegmentationFinding(_Strict):

@@ -19,6 +19,7 @@ from inference_worker.pipeline import (
     stored_study,
 )
 from inference_worker.selection import Role
+from models.classification.location import combine
 from models.synthetic import generate_case, region_volumes_ml
 from models.synthetic.acquisition import SeriesProtocol
 from models.synthetic.dicom import ScannerProfile, write_dicom_study
@@ -73,7 +74,7 @@ def test_a_full_study_is_detected_classified_and_segmented(glioma_study, models)
     assert segmentation.largest_tumour_sop_instance_uid in reference_uids
     assert set(segmentation.slice_areas_mm2) <= reference_uids
     assert set(findings.models) == {
-        "brain_extraction", "detection", "classification", "segmentation"
+        "brain_extraction", "detection", "classification", "segmentation", "location"
     }  # fmt: skip
     assert all(len(m.sha256) == 64 for m in findings.models.values())
     # The intracranial space, and the class decided where the tumour is.
@@ -82,6 +83,16 @@ def test_a_full_study_is_detected_classified_and_segmented(glioma_study, models)
     assert findings.brain.volume_ml == pytest.approx(intracranial_ml, rel=0.15)
     assert findings.classification.planes_from == "segmentation"
     assert findings.classification.planes
+    # The class is the classifier's and the location model's renormalised (weighted) product; each
+    # expert's own answer is in the findings.
+    found = findings.classification
+    assert found.classifier_probabilities is not None and found.location_probabilities
+    weight = models.location_model.classifier_weight
+    joint = combine(found.classifier_probabilities, found.location_probabilities, weight)
+    assert found.probabilities == pytest.approx(joint)
+    assert max(found.location_probabilities, key=found.location_probabilities.__getitem__) == (
+        "glioma"
+    )
 
     # What the SEG is built from: one mask per reference frame, pixel-aligned with it.
     masks = analysis.masks
@@ -115,6 +126,9 @@ def test_a_flair_only_study_skips_segmentation_and_says_why(
     assert findings.classification is not None
     assert findings.segmentation is None
     assert findings.skipped == {"segmentation": "missing T1, T1CE, T2"}
+    # No masks, no location: the classifier decides alone.
+    assert findings.classification.location_probabilities is None
+    assert "location" not in findings.models
 
 
 def test_neurogate_analyze_prints_the_findings(

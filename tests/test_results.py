@@ -103,9 +103,12 @@ MODELS = {
     "detection": _model("neurogate-detector"),
     "classification": _model("neurogate-slice-classifier"),
     "segmentation": _model("neurogate-segmenter"),
+    "location": _model("neurogate-location-model"),
 }
 PROBABILITIES = {"glioma": 0.91, "meningioma": 0.05, "notumor": 0.01, "pituitary": 0.03}
 BRAIN = BrainFinding(volume_ml=1432.46, series_role="T1CE")
+CLASSIFIER_ALONE = {"glioma": 0.6, "meningioma": 0.3, "notumor": 0.0, "pituitary": 0.1}
+LOCATION = {"glioma": 0.9, "meningioma": 0.08, "pituitary": 0.02}
 CLASS_PLANES = [61, 62, 63, 65]  # canonical-grid planes the class was decided on
 
 
@@ -182,6 +185,9 @@ def _findings(
             series_role="T1CE",
             planes=CLASS_PLANES,
             planes_from="segmentation" if segmentation is not None else "detection",
+            # With masks, the class combines the classifier with the location model.
+            classifier_probabilities=None if segmentation is None else CLASSIFIER_ALONE,
+            location_probabilities=None if segmentation is None else LOCATION,
         ),
         segmentation=segmentation,
         skipped={} if segmentation is not None else {"segmentation": "missing T1, T2, FLAIR"},
@@ -377,6 +383,12 @@ def test_the_sr_measures_each_region_on_its_seg_segment(
     assert SETTINGS.station_name in values and MODELS["segmentation"].name in values
     # The classifier's run names the planes it decided on, and how they were chosen.
     assert {"planes_from=segmentation", "planes=61,62,63,65"} <= values
+    # ... and, the class being combined with the location model, that model and both answers.
+    assert {
+        f"location_model=neurogate-location-model 1.2.3 sha256={MODELS['location'].sha256}",
+        "classifier_probabilities=glioma:0.600,meningioma:0.300,notumor:0.000,pituitary:0.100",
+        "location_probabilities=glioma:0.900,meningioma:0.080,pituitary:0.020",
+    } <= values
     groups = _report(dataset).get_image_measurement_groups()
     brain = next(g for g in groups if str(g.tracking_identifier) == "Intracranial volume")
     (volume,) = brain.get_measurements()
@@ -542,6 +554,10 @@ def test_the_pdf_report_says_what_was_found_and_that_it_is_research(
     assert "Class decided on axial planes 61-63, 65 of the 2 mm analysis grid" in text
     assert "the planes with the largest" in text  # whole-tumour area (wrapped)
     assert "1432.5 mL" in text and "No tumour found" not in text
+    # The class combines two experts; each one's own answer is printed beside it.
+    assert "combines the slice classifier" in text and "location model" in text
+    assert "Classifier alone Location alone" in text
+    assert "0.600 0.900" in text  # glioma: the classifier alone, the location model alone
 
 
 def pdf_text(document: bytes) -> str:

@@ -286,7 +286,29 @@ def _findings(analysis: Analysis, heading: ParagraphStyle, body: ParagraphStyle)
                 )
             )
         ranked = sorted(classification.probabilities.items(), key=lambda kv: -kv[1])
-        story.append(_table([["Class", "Probability"]] + [[k, f"{p:.3f}"] for k, p in ranked]))
+        own, where = classification.classifier_probabilities, classification.location_probabilities
+        if own is not None and where is not None:
+            story.append(
+                Paragraph(
+                    "The class combines the slice classifier (what the planes look like) with "
+                    "the location model (where the segmented lesion lies in the intracranial "
+                    "space); each one's own probabilities are shown.",
+                    body,
+                )
+            )
+            rows = [["Class", "Probability", "Classifier alone", "Location alone"]]
+            rows += [
+                [
+                    k,
+                    f"{p:.3f}",
+                    f"{own.get(k, 0.0):.3f}",
+                    f"{where[k]:.3f}" if k in where else "n/a",
+                ]
+                for k, p in ranked
+            ]
+            story.append(_table(rows))
+        else:
+            story.append(_table([["Class", "Probability"]] + [[k, f"{p:.3f}"] for k, p in ranked]))
     segmentation = findings.segmentation
     if tumour and segmentation is not None:
         story.append(Spacer(1, 3 * mm))

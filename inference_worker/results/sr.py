@@ -109,6 +109,10 @@ def _algorithm(
     )
 
 
+def _listed(probabilities: dict[str, float] | None) -> str:
+    return ",".join(f"{k}:{v:.3f}" for k, v in sorted((probabilities or {}).items()))
+
+
 def _tracking(identifier: str, settings: ResultSettings) -> hd.sr.TrackingIdentifier:
     return hd.sr.TrackingIdentifier(uid=new_uid(settings), identifier=identifier)
 
@@ -163,6 +167,14 @@ def _finding_groups(
             f"planes_from={classification.planes_from}",
             f"planes={','.join(str(k) for k in classification.planes)}",
         ]
+        # The class combined with the location model: that model, and each expert's own p(type).
+        location = findings.models.get("location")
+        if location is not None and classification.location_probabilities:
+            planes += [
+                f"location_model={location.name} {location.version} sha256={location.sha256}",
+                f"classifier_probabilities={_listed(classification.classifier_probabilities)}",
+                f"location_probabilities={_listed(classification.location_probabilities)}",
+            ]
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=_tracking("Tumour class", settings),

@@ -52,6 +52,8 @@ class LocationModel:
     scale: np.ndarray
     coefficients: np.ndarray  # (labels, features)
     intercept: np.ndarray  # (labels,)
+    # The classifier's exponent in the product of experts (:func:`combine`), chosen with the fit.
+    classifier_weight: float = 1.0
     sha256: str = ""  # of the file it was read from
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class LocationModel:
             raise ValueError(f"coefficients must be ({len(self.labels)}, {n})")
         if self.intercept.shape != (len(self.labels),):
             raise ValueError("intercept must have one value per label")
+        if not 0 < self.classifier_weight <= 1:
+            raise ValueError("classifier_weight must be in (0, 1]")
 
     def probabilities(self, x: np.ndarray) -> dict[str, float]:
         z = self.coefficients @ ((x - self.mean) / self.scale) + self.intercept
@@ -79,6 +83,7 @@ class LocationModel:
                 "scale": self.scale.tolist(),
                 "coefficients": self.coefficients.tolist(),
                 "intercept": self.intercept.tolist(),
+                "classifier_weight": self.classifier_weight,
             },
             indent=1,
         )
@@ -95,6 +100,7 @@ class LocationModel:
             scale=np.asarray(data["scale"], float),
             coefficients=np.asarray(data["coefficients"], float),
             intercept=np.asarray(data["intercept"], float),
+            classifier_weight=float(data.get("classifier_weight", 1.0)),
         )
 
     @property
@@ -151,11 +157,15 @@ def features(masks: dict[str, np.ndarray], inside: np.ndarray, voxel_mm: float) 
     )
 
 
-def combine(classifier: dict[str, float], location: dict[str, float]) -> dict[str, float]:
-    """p(type) from the two experts: the product of their probabilities over the tumour types
-    both know, renormalised. Labels only the classifier has keep probability 0."""
+def combine(
+    classifier: dict[str, float], location: dict[str, float], weight: float = 1.0
+) -> dict[str, float]:
+    """p(type) from the two experts: ``classifier ** weight * location`` over the tumour types
+    both know, renormalised (a weighted product of experts; ``weight`` 1 is the plain product,
+    the classifier's and the location model's errors taken as independent). Labels only the
+    classifier has keep probability 0."""
     shared = [label for label in classifier if label in location]
-    joint = {label: classifier[label] * location[label] for label in shared}
+    joint = {label: classifier[label] ** weight * location[label] for label in shared}
     total = sum(joint.values())
     if total <= 0:
         return dict(classifier)

@@ -23,6 +23,7 @@ from models.classification.location import FEATURES, TUMOUR_LABELS, WEIGHTS, Loc
 
 SEEDS = range(30_000, 30_300)  # used by nothing else (models.training, bench, tests)
 FULL_HEAD_SHARE = 2 / 3
+WEIGHTS_TRIED = (0.25, 0.5, 0.75, 1.0)
 _MODELS = None
 
 
@@ -116,17 +117,31 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=WEIGHTS)
     args = parser.parse_args()
     data = collect(list(SEEDS)[: args.count], args.cache, args.workers)
-    x, y = data["x"], data["label"]
-    # Five-fold cross-validated accuracy first, then the model on all of them.
+    x, y, cnn = data["x"], data["label"], data["cnn"]
+    # Five-fold cross-validation: the location model alone, and combined with the classifier's
+    # own probabilities at each weight; the weight with the best combined log-likelihood is kept
+    # (the classifier always has a say: it sees the image, the location model only the masks).
     folds = np.arange(len(y)) % 5
-    right = 0
+    held_out = np.zeros((len(y), len(TUMOUR_LABELS)))
     for f in range(5):
         model = fit(x[folds != f], y[folds != f], args.l2, args.version)
-        for row, truth in zip(x[folds == f], y[folds == f], strict=True):
-            p = model.probabilities(row)
-            right += int(max(p, key=p.__getitem__) == TUMOUR_LABELS[truth])
-    print(f"{len(y)} cases; cross-validated accuracy {right / len(y):.3f}")
-    model = fit(x, y, args.l2, args.version)
+        for n in np.flatnonzero(folds == f):
+            p = model.probabilities(x[n])
+            held_out[n] = [p[label] for label in TUMOUR_LABELS]
+    print(f"{len(y)} cases, five-fold cross-validated accuracy:")
+    print(f"  classifier alone {np.mean(cnn.argmax(axis=1) == y):.3f}")
+    print(f"  location alone   {np.mean(held_out.argmax(axis=1) == y):.3f}")
+    scores = {}
+    for weight in WEIGHTS_TRIED:
+        joint = np.power(np.maximum(cnn, 1e-6), weight) * held_out
+        joint /= joint.sum(axis=1, keepdims=True)
+        scores[weight] = float(np.mean(np.log(joint[np.arange(len(y)), y] + 1e-12)))
+        right = float(np.mean(joint.argmax(axis=1) == y))
+        print(f"  combined, classifier weight {weight:.2f}: accuracy {right:.3f}, "
+              f"log-likelihood {scores[weight]:.3f}")  # fmt: skip
+    weight = max(scores, key=scores.__getitem__)
+    model = replace(fit(x, y, args.l2, args.version), classifier_weight=weight)
+    print(f"kept classifier weight {weight:.2f}")
     for label, row in zip(model.labels, model.coefficients, strict=True):
         print(f"{label:<11}" + " ".join(f"{FEATURES[i]}={c:+.2f}" for i, c in enumerate(row)))
     args.out.write_text(model.to_json() + "\n")
