@@ -22,8 +22,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from models.classification.location import TUMOUR_LABELS as LOCATION_LABELS
+
 MANIFESTS = Path(__file__).with_name("manifests")
 _CHUNK = 1 << 20
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -230,6 +233,10 @@ class ModelManifest:
             raise ManifestError(path, "labels", "give each output's name once, in output order")
         sha256 = get("sha256", lambda v: str(v).lower())
         location = get("location", _boolean, False)
+        if location and not set(LOCATION_LABELS) <= set(labels):
+            raise ManifestError(
+                path, "location", f"the location model needs the labels {list(LOCATION_LABELS)}"
+            )
         if location and task is not Task.CLASSIFICATION:
             raise ManifestError(path, "location", "only a classification model takes it")
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

@@ -450,6 +450,7 @@ def test_a_model_that_cannot_do_its_task_fails_its_start_up_check(
         ({"labels": ["a", "a", "b", "c"]}, "labels"),
         ({"location": "yes"}, "location"),
         ({"location": True, "task": "detection"}, "location"),  # a classifier's option
+        ({"location": True, "labels": ["a", "b", "c", "d"]}, "location"),  # no tumour types
     ],
 )
 def test_manifest_fields_are_validated_when_read(
