@@ -137,7 +137,12 @@ def evaluate(
                 f"p {detection.probability:.2f} largest WT region {detection.largest_lesion_ml} mL "
             )
         )
-        scored = f"Dice WT {dices['WT'][-1]:.3f} " if tumour_type != "none" else ""
+        scored = (
+            f"Dice WT {dices['WT'][-1]:.3f} WT {wt.sum() * voxel_ml:.1f} mL of "
+            f"{(truth_label > 0).sum() * voxel_ml:.1f} (inside the mask {kept[-1]:.2f}) "
+            if tumour_type != "none"
+            else ""
+        )
         print(f"{name} case {n + 1} (seed {seed}): {tumour_type:<10} detected {found} "
               f"class {classes[-1][1] if tumour_type != 'none' else '-':<10} {basis}{scored}"
               f"WT outside {outside_ml[-1]:.2f} mL, {seconds[-1]:.1f} s", file=sys.stderr,

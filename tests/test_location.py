@@ -11,6 +11,7 @@ import pytest
 
 from models.classification import location
 from models.classification.location import FEATURES, LocationModel, combine, features
+from models.classification.train_location import jittered, moved_boundary
 
 SHAPE = (80, 96, 80)  # (k, j, i) on the canonical 2 mm grid: k superior, j posterior, i left
 VOXEL_MM = 2.0
@@ -125,3 +126,30 @@ def test_the_shipped_model_reads_archetypal_lesions_as_a_radiologist_would() -> 
     assert guess(_lesion(_ellipsoid((44, 50, 28), (9, 9, 8)), 10)) == "glioma"
     assert guess(_lesion(_ellipsoid((52, 44, 68), (8, 9, 7)) & INSIDE)) == "meningioma"
     assert guess(_lesion(_ellipsoid((16, 36, 40), (4, 4, 5)) & INSIDE)) == "pituitary"
+
+
+def test_a_meningioma_stays_one_when_the_extracted_boundary_lies_outside_the_inner_table() -> None:
+    """On a head unlike the training heads the extracted intracranial mask lies a few mm outside
+    the inner table (the dev phantom heads: 2-3 mm in the median); a convexity meningioma then
+    touches the mask nowhere and must still not read as another type."""
+    model = location.load()
+    meningioma = _lesion(_ellipsoid((52, 44, 68), (8, 9, 7)) & INSIDE)
+    for steps in (0, 1, 2):
+        outside = moved_boundary(INSIDE, steps)
+        x = named(features(meningioma, outside, VOXEL_MM))
+        assert steps == 0 or x["TC within 4 mm of the boundary"] < 0.3
+        p = model.probabilities(features(meningioma, outside, VOXEL_MM))
+        assert max(p, key=p.__getitem__) == "meningioma", (steps, p)
+
+
+def test_training_cases_are_measured_again_with_the_boundary_moved() -> None:
+    core = _ellipsoid((44, 50, 28), (6, 6, 6))
+    masks = _lesion(core, 8)
+    stack = np.stack([masks["WT"], masks["TC"], masks["ET"], INSIDE])
+    row = {"masks": np.packbits(stack), "shape": np.array(stack.shape), "voxel_mm": VOXEL_MM}
+    same, grown, shrunk = jittered(row, (0, 2, -1))
+    np.testing.assert_array_equal(same, features(masks, INSIDE, VOXEL_MM))
+    depth = FEATURES.index("TC depth, median mm")
+    assert grown[depth] == pytest.approx(same[depth] + 2 * VOXEL_MM, abs=1.0)
+    assert shrunk[depth] == pytest.approx(same[depth] - VOXEL_MM, abs=1.0)
+    assert moved_boundary(INSIDE, 2).sum() > INSIDE.sum() > moved_boundary(INSIDE, -1).sum()
