@@ -135,10 +135,9 @@ def test_a_meningioma_stays_one_when_the_extracted_boundary_lies_outside_the_inn
     model = location.load()
     meningioma = _lesion(_ellipsoid((52, 44, 68), (8, 9, 7)) & INSIDE)
     for steps in (0, 1, 2):
-        outside = moved_boundary(INSIDE, steps)
-        x = named(features(meningioma, outside, VOXEL_MM))
-        assert steps == 0 or x["TC within 4 mm of the boundary"] < 0.3
-        p = model.probabilities(features(meningioma, outside, VOXEL_MM))
+        x = features(meningioma, moved_boundary(INSIDE, steps), VOXEL_MM)
+        assert steps == 0 or named(x)["TC within 4 mm of the boundary"] < 0.3
+        p = model.probabilities(x)
         assert max(p, key=p.__getitem__) == "meningioma", (steps, p)
 
 

@@ -119,14 +119,17 @@ def collect(
                 np.savez_compressed(path, skipped=False, **row)  # type: ignore[arg-type]
     rows = [np.load(cache / f"{s}.npz") for s in seeds]
     rows = [r for r in rows if not bool(r["skipped"])]
+    if any(steps) and not all("masks" in r for r in rows):
+        raise SystemExit(
+            f"{cache}: cached before the masks were kept; the boundary cannot be moved "
+            "(delete the cache to collect it again)"
+        )
     return {
         "seed": np.array([int(r["seed"]) for r in rows]),
         "label": np.array([int(r["label"]) for r in rows]),
         # (cases, len(steps), features): each case measured with its boundary moved by each step
         # (a cache from before masks were kept has the features at the extracted boundary only)
-        "x": np.stack(
-            [np.stack(jittered(r, steps) if "masks" in r else [r["x"]] * len(steps)) for r in rows]
-        ),
+        "x": np.stack([np.stack(jittered(r, steps) if "masks" in r else [r["x"]]) for r in rows]),
         "cnn": np.stack([r["cnn"] for r in rows]),
     }
 
